@@ -1,0 +1,98 @@
+// Internal declarations shared by the backends of fastlayernorm.
+//
+// Every operator is defined once in registration.cpp; each backend folder
+// (cpu/, cuda/, meta/, autograd/, autocast/) adds its implementations with
+// TORCH_LIBRARY_IMPL. The argument checks live in checks.cpp so that every
+// backend (Meta included) rejects bad input with the same message.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymIntArrayRef.h>
+#include <c10/util/Optional.h>
+
+#include <array>
+#include <tuple>
+
+namespace fastlayernorm {
+
+using at::Tensor;
+using TensorTriple = std::tuple<Tensor, Tensor, Tensor>;
+
+// The input seen as a matrix of `rows` x `cols`: `cols` is the product of
+// normalized_shape, `rows` the product of the leading dimensions.
+struct RowShape {
+  int64_t rows;
+  int64_t cols;
+};
+
+// Checks the forward arguments (shapes, dtypes, devices, eps) and returns the
+// row shape. Throws c10::Error / c10::ValueError naming the bad argument.
+RowShape check_forward_args(const Tensor& input,
+                            c10::IntArrayRef normalized_shape,
+                            const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias, double eps);
+
+// The same checks for symbolic shapes (Meta / fake tensors): no row shape.
+void check_forward_args_symbolic(const Tensor& input,
+                                 c10::SymIntArrayRef normalized_shape,
+                                 const std::optional<Tensor>& weight,
+                                 const std::optional<Tensor>& bias, double eps);
+
+// Checks the backward arguments. `input` is the saved input (or the saved
+// output when the backward rebuilds from the output).
+void check_backward_args(const Tensor& grad_out, const Tensor& input,
+                         c10::SymIntArrayRef normalized_shape,
+                         const std::optional<Tensor>& mean, const Tensor& rstd,
+                         const std::optional<Tensor>& weight,
+                         const std::optional<Tensor>& bias);
+
+// dtype of the saved mean/rstd: float64 for float64 input, else float32.
+c10::ScalarType stats_dtype(c10::ScalarType input_dtype);
+
+// Shape of mean/rstd, as in aten::native_layer_norm: the input's shape with
+// the normalized dimensions set to 1.
+c10::SymDimVector stats_shape(const Tensor& input, int64_t normalized_ndim);
+
+// Row shape of concrete tensors (after the checks passed).
+RowShape row_shape(const Tensor& input, int64_t normalized_ndim);
+
+}  // namespace fastlayernorm
+
+namespace fastlayernorm {
+
+// What a backend kernel receives: contiguous tensors viewed as rows x cols,
+// outputs already allocated. Absent weight/bias/outputs are undefined Tensors.
+struct ForwardArgs {
+  Tensor input, weight, bias;
+  int64_t rows, cols;
+  double eps;
+  Tensor output, mean, rstd;
+};
+
+// With from_output, `input` holds the forward's output and mean is undefined:
+// the kernel rebuilds x_hat = (output - bias) / weight.
+struct BackwardArgs {
+  Tensor grad_out, input, mean, rstd, weight, bias;
+  int64_t rows, cols;
+  bool from_output;
+  Tensor grad_input, grad_weight, grad_bias;
+};
+
+using ForwardKernel = void (*)(const ForwardArgs&);
+using BackwardKernel = void (*)(const BackwardArgs&);
+
+// The operator bodies shared by the CPU and CUDA backends: check the
+// arguments, make inputs contiguous, allocate the outputs, call the kernel.
+TensorTriple run_forward(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                         const std::optional<Tensor>& weight,
+                         const std::optional<Tensor>& bias, double eps,
+                         ForwardKernel kernel);
+
+TensorTriple run_backward(const Tensor& grad_out, const Tensor& input,
+                          c10::SymIntArrayRef normalized_shape,
+                          const std::optional<Tensor>& mean, const Tensor& rstd,
+                          const std::optional<Tensor>& weight,
+                          const std::optional<Tensor>& bias,
+                          std::array<bool, 3> output_mask, BackwardKernel kernel);
+
+}  // namespace fastlayernorm

@@ -1,0 +1,69 @@
+// Typed handles on the registered operators.
+#include "ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+namespace fastlayernorm::ops {
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> handle(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<Signature>();
+}
+
+}  // namespace
+
+TensorTriple layer_norm_fwd(const Tensor& input,
+                            c10::SymIntArrayRef normalized_shape,
+                            const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias, double eps) {
+  static auto op = handle<TensorTriple(
+      const Tensor&, c10::SymIntArrayRef, const std::optional<Tensor>&,
+      const std::optional<Tensor>&, double)>("fastlayernorm::layer_norm_fwd");
+  return op.call(input, normalized_shape, weight, bias, eps);
+}
+
+TensorTriple layer_norm_bwd(const Tensor& grad_out, const Tensor& input,
+                            c10::SymIntArrayRef normalized_shape,
+                            const Tensor& mean, const Tensor& rstd,
+                            const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias,
+                            std::array<bool, 3> output_mask) {
+  static auto op = handle<TensorTriple(
+      const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&,
+      const Tensor&, const std::optional<Tensor>&,
+      const std::optional<Tensor>&, std::array<bool, 3>)>(
+      "fastlayernorm::layer_norm_bwd");
+  return op.call(grad_out, input, normalized_shape, mean, rstd, weight, bias,
+                 output_mask);
+}
+
+TensorTriple layer_norm_bwd_from_output(const Tensor& grad_out,
+                                        const Tensor& output,
+                                        c10::SymIntArrayRef normalized_shape,
+                                        const Tensor& rstd,
+                                        const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& bias,
+                                        std::array<bool, 3> output_mask) {
+  static auto op = handle<TensorTriple(
+      const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&,
+      const std::optional<Tensor>&, const std::optional<Tensor>&,
+      std::array<bool, 3>)>("fastlayernorm::layer_norm_bwd_from_output");
+  return op.call(grad_out, output, normalized_shape, rstd, weight, bias,
+                 output_mask);
+}
+
+Tensor layer_norm(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                  const std::optional<Tensor>& weight,
+                  const std::optional<Tensor>& bias, double eps,
+                  bool memory_efficient) {
+  static auto op =
+      handle<Tensor(const Tensor&, c10::SymIntArrayRef,
+                    const std::optional<Tensor>&, const std::optional<Tensor>&,
+                    double, bool)>("fastlayernorm::layer_norm");
+  return op.call(input, normalized_shape, weight, bias, eps, memory_efficient);
+}
+
+}  // namespace fastlayernorm::ops

@@ -1,0 +1,34 @@
+// C++ entry points that call the registered operators through the
+// dispatcher (so autograd, autocast, Meta and tracing all see them).
+#pragma once
+
+#include "layer_norm.h"
+
+namespace fastlayernorm::ops {
+
+TensorTriple layer_norm_fwd(const Tensor& input,
+                            c10::SymIntArrayRef normalized_shape,
+                            const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias, double eps);
+
+TensorTriple layer_norm_bwd(const Tensor& grad_out, const Tensor& input,
+                            c10::SymIntArrayRef normalized_shape,
+                            const Tensor& mean, const Tensor& rstd,
+                            const std::optional<Tensor>& weight,
+                            const std::optional<Tensor>& bias,
+                            std::array<bool, 3> output_mask);
+
+TensorTriple layer_norm_bwd_from_output(const Tensor& grad_out,
+                                        const Tensor& output,
+                                        c10::SymIntArrayRef normalized_shape,
+                                        const Tensor& rstd,
+                                        const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& bias,
+                                        std::array<bool, 3> output_mask);
+
+Tensor layer_norm(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                  const std::optional<Tensor>& weight,
+                  const std::optional<Tensor>& bias, double eps,
+                  bool memory_efficient);
+
+}  // namespace fastlayernorm::ops
