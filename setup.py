@@ -31,7 +31,9 @@ def sources(pattern: str):
 
 def extension():
     cpp = [s for s in sources("csrc/**/*.cpp")]
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    # py_limited_api=True makes torch define Py_LIMITED_API: one abi3 wheel
+    # serves every Python version (the module has no Python functions).
+    define_macros = []
     cxx = ["-O3", "-fdiagnostics-color=always"]
     if not want_cuda():
         return CppExtension(

@@ -13,7 +13,9 @@ short ``torch.profiler`` run of the same step gives the LayerNorm share of GPU
 time: the time of kernels whose name says LayerNorm (ours: ``ln_*``/fastlayernorm;
 PyTorch's: ``*layer_norm*``, ``LayerNorm*``, ``GammaBeta*``, ``RowwiseMoments*``, ...)
 over the time of all GPU kernels. The step speed-up shows what the kernels buy end to
-end, where the share bounds it.
+end, where the share bounds it. Under autocast, the casts around PyTorch's float32
+LayerNorm are separate elementwise kernels and are not counted as LayerNorm time,
+though patching may remove them; the step time includes them either way.
 
     python benchmarks/bench_hf.py --out hf_h100.json     # about 1-2 min on an H100
     python benchmarks/bench_hf.py --quick --out hf_quick.json  # tiny configs; runs on CPU too

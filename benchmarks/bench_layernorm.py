@@ -254,7 +254,10 @@ def build_shapes(args: argparse.Namespace) -> List[Shape]:
             shapes += [Shape("bf16", m, n, "extra") for m, n in args.extra_shapes]
     if args.extras and "bf16" not in args.dtypes:
         log("note: few-row/extra shapes are bf16 only and bf16 is not in --dtypes: skipped")
-    return shapes
+    unique: Dict[Tuple[str, int, int], Shape] = {}
+    for shape in shapes:  # e.g. the extra 1024x65536 is also a bf16 sweep shape
+        unique.setdefault((shape.dtype_key, shape.M, shape.N), shape)
+    return list(unique.values())
 
 
 # --------------------------------------------------------------------------- timing
@@ -456,6 +459,7 @@ class Context:
     need_fwd: bool
     need_bwd: bool
     broken: Optional[str] = None   # set once the CUDA context is unusable
+    tracebacks_shown: set = dataclasses.field(default_factory=set)
 
 
 def base_row(name: str, shape: Shape, n_sets: int, ctx: Context) -> Dict[str, object]:
@@ -488,20 +492,25 @@ def first_call(fn: LayerNormFn, inp: Inputs, ctx: Context):
     return y, grads, time.perf_counter() - t0
 
 
-def check_accuracy(row, y, grads, fn, inp, ref, ctx: Context) -> None:
-    """err_* against float64, and whether repeated backwards are bitwise identical."""
+def check_accuracy(row, y, grads, inp, ref) -> None:
+    """err_* against float64; err_ok when every one is finite and within tolerance."""
     row["err_y"] = rel_l2(y, ref["y"])
     errs = [row["err_y"]]
-    if grads is not None:
-        for key, g in zip(("dx", "dw", "db"), grads):
-            row[f"err_{key}"] = rel_l2(g, ref[key])
-            errs.append(row[f"err_{key}"])
-        x, dy = inp.xs[0], inp.dys[0]
-        row["deterministic"] = all(
-            all(torch.equal(a, b) for a, b in zip(
-                grads, torch.autograd.grad(y, [x, inp.w, inp.b], dy, retain_graph=True)))
-            for _ in range(3))
+    for key, g in zip(("dx", "dw", "db"), grads or ()):
+        row[f"err_{key}"] = rel_l2(g, ref[key])
+        errs.append(row[f"err_{key}"])
     row["err_ok"] = all(math.isfinite(e) and e <= row["tolerance"] for e in errs)
+
+
+def check_determinism(row, y, grads, inp) -> None:
+    """deterministic: three more backwards through the same graph give bitwise-equal grads."""
+    if grads is None:
+        return
+    x, dy = inp.xs[0], inp.dys[0]
+    row["deterministic"] = all(
+        all(torch.equal(a, b) for a, b in zip(
+            grads, torch.autograd.grad(y, [x, inp.w, inp.b], dy, retain_graph=True)))
+        for _ in range(3))
 
 
 def measure_peak(row, fn, inp, ctx: Context) -> None:
@@ -602,9 +611,13 @@ def run_provider(name: str, shape: Shape, inp: Inputs, ref, ctx: Context) -> Dic
         y, grads, row["first_call_s"] = first_call(fn, inp, ctx)
     except Exception as exc:  # noqa: BLE001
         row["status"], row["error"] = classify_failure(exc), short_error(exc)
+        if name == FLN and row["error"] not in ctx.tracebacks_shown:  # where it failed, once
+            ctx.tracebacks_shown.add(row["error"])
+            log("".join(traceback.format_exception(exc)[-4:]).rstrip())
         note_context_killer(exc, ctx)
         return row
-    phases = [("check", lambda: check_accuracy(row, y, grads, fn, inp, ref, ctx)),
+    phases = [("check", lambda: check_accuracy(row, y, grads, inp, ref)),
+              ("determinism", lambda: check_determinism(row, y, grads, inp)),
               ("peak", lambda: measure_peak(row, fn, inp, ctx))]
     if ctx.need_fwd:
         phases.append(("fwd", lambda: row.__setitem__("fwd_ms", time_forward(fn, inp, ctx))))
@@ -620,7 +633,7 @@ def run_provider(name: str, shape: Shape, inp: Inputs, ref, ctx: Context) -> Dic
             row["error"] = ((row["error"] + "; ") if row["error"] else "") + f"{phase}: {short_error(exc)}"
             if note_context_killer(exc, ctx):
                 break
-        if phase == "check":
+        if phase == "determinism":
             y = grads = None  # free the first outputs before timing
     fill_bandwidth(row, ctx.copy_gbs)
     return row
@@ -749,8 +762,8 @@ SHORT_DTYPE = {("bfloat16", "bfloat16"): "bf16", ("float16", "float16"): "fp16",
                ("float32", "float32"): "fp32", ("bfloat16", "float32"): "bf16w32"}
 
 
-def _pct(value: Optional[float], width: int = 5) -> str:
-    return f"{100 * value:{width}.1f}" if value is not None else " " * (width - 1) + "-"
+def _pct(value: Optional[float], width: int, digits: int = 1) -> str:
+    return f"{100 * value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
 
 
 def _x(value: Optional[float]) -> str:
@@ -761,29 +774,29 @@ def summary_text(data: dict) -> str:
     """The compact table printed last."""
     out = [f"==== fastlayernorm summary: {data['device']} | copy {data['copy_gbs']:.0f} GB/s | "
            f"{data['timer']} ====",
-           "% = GB/s over copy. peer = best live peer (t torch, c compile, l liger, a apex); "
-           "x = peer ms / fastlayernorm ms; base = best peer in the baseline file, same M and N.",
-           f"{'dtype':<8}{'N':>7}{'M':>8} |{'fwd%':>6}{'bwd%':>6} |{'peer f%':>8}{'b%':>7} |"
-           f"{'x fwd':>6}{'x bwd':>6} |{'base f':>7}{'b':>5} | chk"]
+           "fastlayernorm % of copy | best live peer % (t torch, c compile, l liger, a apex) | "
+           "x = best peer ms / fastlayernorm ms | base = best peer % in the baseline file (same M, N)",
+           f"{'dtype':<7}{'N':>7}{'M':>8}|{'fwd%':>6}{'bwd%':>6}|{'peerF%':>7}{'B%':>7}|"
+           f"{'xF':>5}{'xB':>5}|{'baseF':>6}{'B':>4}|chk"]
     latency = []
     for e in data["summary"]:
         if e["tag"] == "smallm":
             latency.append(e)
         dt = SHORT_DTYPE.get((e["dtype"], e["wdtype"]), e["dtype"])
-        pf = _pct(e["best_peer_fwd_frac"]) + PEER_LETTER.get(e["best_peer_fwd"], " ")
-        pb = _pct(e["best_peer_bwd_frac"]) + PEER_LETTER.get(e["best_peer_bwd"], " ")
+        pf = _pct(e["best_peer_fwd_frac"], 6) + PEER_LETTER.get(e["best_peer_fwd"], " ")
+        pb = _pct(e["best_peer_bwd_frac"], 6) + PEER_LETTER.get(e["best_peer_bwd"], " ")
         chk = {True: "ok", False: "FAIL", None: "-"}[e["err_ok"]]
         if e["fln_status"] not in ("ok",):
             chk += f" {e['fln_status']}"
         exact = e["baseline_match"] == "exact"
-        base_f = _pct(e["baseline_best_fwd_frac"] if exact else None, 7)
-        base_b = _pct(e["baseline_best_bwd_frac"] if exact else None)
-        out.append(f"{dt:<8}{e['N']:>7}{e['M']:>8} |{_pct(e['fln_fwd_frac'], 6)}{_pct(e['fln_bwd_frac'], 6)}"
-                   f" |{pf:>8}{pb:>7} |{_x(e['speedup_best_fwd']):>6}{_x(e['speedup_best_bwd']):>6}"
-                   f" |{base_f}{base_b} | {chk}")
+        base_f = _pct(e["baseline_best_fwd_frac"] if exact else None, 6, 0)
+        base_b = _pct(e["baseline_best_bwd_frac"] if exact else None, 4, 0)
+        out.append(f"{dt:<7}{e['N']:>7}{e['M']:>8}|{_pct(e['fln_fwd_frac'], 6)}{_pct(e['fln_bwd_frac'], 6)}"
+                   f"|{pf}{pb}|{_x(e['speedup_best_fwd'])}{_x(e['speedup_best_bwd'])}"
+                   f"|{base_f}{base_b}|{chk}")
     if latency:
-        out.append("few rows, N=4096 bf16, us: do_bench median / eager wall clock per call "
-                   "(fastlayernorm | best peer by do_bench)")
+        out.append("few rows, N=4096 bf16, us: timer median / eager wall clock per call "
+                   "(fastlayernorm | best peer by timer median)")
         for e in latency:
             lat = e.get("latency_us", {})
             mine = lat.get(FLN, {})
@@ -798,8 +811,8 @@ def summary_text(data: dict) -> str:
                 text += f" | base {base[0] * 1e3:.1f}/{base[1] * 1e3:.1f}"
             out.append(text)
     if data.get("skipped"):
-        out.append(f"NOT RUN (budget {data['config']['budget_s']} s or broken context): "
-                   f"{len(data['skipped'])} jobs, e.g. {data['skipped'][0]}")
+        out.append(f"NOT RUN ({data.get('stopped')}): {len(data['skipped'])} jobs, "
+                   f"first {data['skipped'][0]}")
     if data.get("failures"):
         out.append(f"!!! fastlayernorm FAILED on {len(data['failures'])} shapes: "
                    + "; ".join(data["failures"][:6]))
@@ -830,7 +843,7 @@ def device_tag(device: torch.device) -> str:
 def device_name(device: torch.device) -> str:
     if device.type != "cuda":
         import platform
-        return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"CPU ({platform.processor() or platform.machine()}, threads={torch.get_num_threads()})"
     props = torch.cuda.get_device_properties(device)
     return f"{props.name} ({props.multi_processor_count} SMs)"
 
@@ -1021,6 +1034,7 @@ def run_jobs(jobs, ctx: Context, data: dict, json_path: Path, start: float) -> N
                 why = f"interrupted ({type(exc).__name__} {exc})"
         if why is not None:
             data["skipped"] = [f"{s.label()} {'+'.join(n)}" for s, n in jobs[i:]]
+            data["stopped"] = why
             log(f"stopping, {why}: {len(jobs) - i} of {len(jobs)} jobs not run")
             break
         data["rows"] += rows
@@ -1062,6 +1076,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     device = torch.device(args.device)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(args.cpu_threads)
@@ -1092,8 +1108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "timer": timer, "note": make_note(args, timer), **copy, "config": config,
         "providers": {"available": list(available), "unavailable": unavailable},
         "baseline": baseline_path, "json_path": str(json_path), "png_path": None,
-        "rows": [], "summary": [], "skipped": [], "failures": [], "elapsed_s": 0.0,
+        "rows": [], "summary": [], "skipped": [], "stopped": None, "failures": [], "elapsed_s": 0.0,
     }
+    if FLN in unavailable:
+        data["failures"].append(f"fastlayernorm unavailable: {unavailable[FLN]}")
     run_jobs(jobs, ctx, data, json_path, start)
     return finish(data, baseline_rows, None if args.no_plot else png_path, json_path, start)
 

@@ -79,6 +79,10 @@ def plot(data: Union[dict, str, Path], png_path: Union[str, Path]) -> Optional[P
 def _panel(ax, series, baseline, title) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator
 
+    ax.set_title(title)
+    if not series:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        return
     sizes = sorted({n for points in series.values() for n, _ in points})
     for provider, points in series.items():
         colour, marker = STYLE.get(provider, (None, "x"))
@@ -97,7 +101,6 @@ def _panel(ax, series, baseline, title) -> None:
     ax.set_ylim(0, max(110, 1.05 * top))
     ax.set_xlabel("N (hidden size)")
     ax.set_ylabel("% of copy bandwidth")
-    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
 

@@ -31,6 +31,7 @@ after :meth:`TransformersPatch.undo` (use :func:`~fastlayernorm.unpatch_model`).
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Callable, List, Optional
 
 from .patching import patch_model
@@ -39,8 +40,9 @@ __all__ = ["TransformersPatch", "patch_transformers"]
 
 # Patches currently applied, oldest first. The newest decides ``memory_efficient``.
 _active: List["TransformersPatch"] = []
-# The original ``PreTrainedModel.post_init`` while our wrapper is installed.
-_original_post_init: Optional[Callable[..., Any]] = None
+# Our post_init wrappers, by identity: a mark in their ``__dict__`` would be copied onto
+# any wrapper built with ``functools.wraps`` around ours.
+_WRAPPERS: "weakref.WeakSet[Callable[..., Any]]" = weakref.WeakSet()
 
 
 def _pretrained_model_class():
@@ -59,7 +61,8 @@ def _make_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     """The replacement ``post_init``: the original one, then patching if a patch is active.
 
     It checks ``_active`` at call time, so a wrapper that cannot be removed (see
-    :func:`_uninstall`) is inert once every patch is undone.
+    :func:`_uninstall`) is inert once every patch is undone. ``functools.wraps`` keeps
+    the original reachable as ``__wrapped__``, which is how it is restored.
     """
 
     @functools.wraps(original)
@@ -69,31 +72,38 @@ def _make_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             patch_model(self, memory_efficient=_active[-1].memory_efficient)
         return result
 
-    post_init.__fastlayernorm_wrapper__ = True
+    _WRAPPERS.add(post_init)
     return post_init
 
 
+def _wrapper_installed(method: Callable[..., Any]) -> bool:
+    """True if our wrapper is ``method`` or under it in a ``__wrapped__`` chain (someone may wrap ours)."""
+    seen = set()
+    while method is not None and id(method) not in seen:
+        if method in _WRAPPERS:
+            return True
+        seen.add(id(method))
+        method = getattr(method, "__wrapped__", None)
+    return False
+
+
 def _install() -> None:
-    global _original_post_init
     cls = _pretrained_model_class()
-    if _original_post_init is not None:  # already installed (possibly left inert)
-        return
-    _original_post_init = cls.__dict__["post_init"]
-    cls.post_init = _make_wrapper(_original_post_init)
+    current = cls.__dict__["post_init"]
+    if not _wrapper_installed(current):
+        cls.post_init = _make_wrapper(current)
 
 
 def _uninstall() -> None:
-    """Restores the original ``post_init`` if our wrapper is still the installed one.
+    """Restores the original ``post_init`` if our wrapper is the one installed on the class.
 
     If something else wrapped ``post_init`` after us, restoring would drop its wrapper,
     so ours stays in place, inert (``_active`` is empty), and is reused by the next patch.
     """
-    global _original_post_init
     cls = _pretrained_model_class()
-    current = cls.__dict__.get("post_init")
-    if getattr(current, "__fastlayernorm_wrapper__", False):
-        cls.post_init = _original_post_init
-        _original_post_init = None
+    current = cls.__dict__["post_init"]
+    if current in _WRAPPERS:
+        cls.post_init = current.__wrapped__
 
 
 class TransformersPatch:

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: build, CUDA tests, compute-sanitizer,
+# benchmark — whichever stages are named (default: all). Logs go to $OUT.
+#   bash benchmarks/h100_run.sh build test sanitize bench
+# Wheels missing on that machine (expecttest, liger-kernel, peft) travel in
+# .whl/ (see docs/development.md).
+set -u
+OUT=${OUT:-/tmp/fastlayernorm-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+stages=${*:-build test sanitize bench}
+summary="$OUT/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
+  --format=csv > "$OUT/gpu.txt" 2>&1
+note "gpu: $(tail -1 "$OUT/gpu.txt")"
+
+for stage in $stages; do
+  start=$(date +%s)
+  case $stage in
+    build)
+      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="9.0" FASTLAYERNORM_PTXAS_VERBOSE=1 \
+        python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+      rc=$?
+      python3 benchmarks/ptxas_report.py "$OUT/build.log" > "$OUT/ptxas.txt" 2>&1
+      note "build rc=$rc in $(( $(date +%s) - start ))s; cuda_built=$(python3 -c 'import fastlayernorm; print(fastlayernorm.cuda_built())' 2>&1 | tail -1)"
+      [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
+      ;;
+    test)
+      python3 -m pytest tests -q -m "cuda" -x -p no:cacheprovider --runslow \
+        > "$OUT/pytest_cuda.log" 2>&1
+      note "pytest cuda: $(tail -1 "$OUT/pytest_cuda.log") ($(( $(date +%s) - start ))s)"
+      ;;
+    testall)
+      python3 -m pytest tests -q -p no:cacheprovider > "$OUT/pytest_all.log" 2>&1
+      note "pytest all: $(tail -1 "$OUT/pytest_all.log") ($(( $(date +%s) - start ))s)"
+      ;;
+    sanitize)
+      for tool in memcheck racecheck synccheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 \
+          python3 benchmarks/sanitize_shapes.py > "$OUT/sanitizer_$tool.log" 2>&1
+        note "compute-sanitizer $tool rc=$? : $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
+      done
+      ;;
+    bench)
+      python3 -m benchmarks.bench_layernorm --out h100 > "$OUT/bench.log" 2>&1
+      note "bench rc=$? ($(( $(date +%s) - start ))s)"
+      cp benchmarks/results/* "$OUT/" 2>/dev/null
+      ;;
+    *)
+      note "unknown stage $stage"
+      ;;
+  esac
+done
+echo "==== summary"
+cat "$summary"

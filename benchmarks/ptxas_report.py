@@ -1,0 +1,44 @@
+"""Summarizes `-Xptxas=-v` output of a build log: registers, stack and spills
+per kernel (readable names), for docs/kernels.md."""
+import re
+import sys
+
+
+def demangle_args(name: str) -> str:
+    kind = re.search(r"(ln_\w+?_kernel)", name)
+    ints = re.findall(r"Li(\d+)E", name)
+    types = [t for t in ("BFloat16", "Half", "double", "float") if t in name]
+    t = "bf16" if "BFloat16" in name else "f16" if "Half" in name else "f64" if "Ed" in name[:60] else "f32"
+    w32 = "w32" if re.search(r"(BFloat16|Half)Ef", name) else ""
+    label = kind.group(1) if kind else name[:40]
+    if ints:
+        vec, items, tpr, cluster = (ints + ["?"] * 4)[:4]
+        return f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} tpr={tpr} cluster={cluster}>"
+    return f"{label}<{t}{'+' + w32 if w32 else ''}>"
+
+
+def main(path: str) -> None:
+    cur, arch, stack, spill_st, spill_ld = None, None, "0", "0", "0"
+    rows = []
+    for line in open(path, errors="replace"):
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+a?)'", line)
+        if m:
+            cur, arch = m.group(1), m.group(2)
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            stack, spill_st, spill_ld = m.groups()
+        m = re.search(r"Used (\d+) registers", line)
+        if m and cur:
+            rows.append((arch, demangle_args(cur), int(m.group(1)), stack, spill_st, spill_ld))
+            cur = None
+    seen = set()
+    print(f"{'arch':6} {'regs':>4} {'stack':>5} {'spill st/ld':>11}  kernel")
+    for arch, name, regs, stack, st, ld in sorted(rows):
+        if (arch, name) in seen:
+            continue
+        seen.add((arch, name))
+        print(f"{arch:6} {regs:4d} {stack:>5} {st + '/' + ld:>11}  {name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,181 @@
+// Device-side building blocks shared by the LayerNorm kernels: packed
+// 16-byte loads/stores, conversions, and row reductions across a thread
+// group, a CTA, or a thread-block cluster.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace fastlayernorm::cuda {
+
+namespace cg = cooperative_groups;
+
+constexpr int kWarpSize = 32;
+
+// N elements of T kept together in registers. Moved through memory with
+// 16-byte accesses (or one narrower access when the pack is smaller).
+template <typename T, int N>
+struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* ptr) {
+  constexpr int kBytes = sizeof(T) * N;
+  Pack<T, N> r;
+  if constexpr (kBytes >= 16) {
+    static_assert(kBytes % 16 == 0, "pack must be a whole number of 16B chunks");
+#pragma unroll
+    for (int c = 0; c < kBytes / 16; ++c) {
+      reinterpret_cast<uint4*>(&r)[c] = __ldg(reinterpret_cast<const uint4*>(ptr) + c);
+    }
+  } else if constexpr (kBytes == 8) {
+    *reinterpret_cast<uint2*>(&r) = __ldg(reinterpret_cast<const uint2*>(ptr));
+  } else if constexpr (kBytes == 4) {
+    *reinterpret_cast<uint32_t*>(&r) = __ldg(reinterpret_cast<const uint32_t*>(ptr));
+  } else {
+    static_assert(kBytes == 2, "unsupported pack size");
+    *reinterpret_cast<uint16_t*>(&r) = __ldg(reinterpret_cast<const uint16_t*>(ptr));
+  }
+  return r;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& p) {
+  constexpr int kBytes = sizeof(T) * N;
+  if constexpr (kBytes >= 16) {
+#pragma unroll
+    for (int c = 0; c < kBytes / 16; ++c) {
+      reinterpret_cast<uint4*>(ptr)[c] = reinterpret_cast<const uint4*>(&p)[c];
+    }
+  } else if constexpr (kBytes == 8) {
+    *reinterpret_cast<uint2*>(ptr) = *reinterpret_cast<const uint2*>(&p);
+  } else if constexpr (kBytes == 4) {
+    *reinterpret_cast<uint32_t*>(ptr) = *reinterpret_cast<const uint32_t*>(&p);
+  } else {
+    *reinterpret_cast<uint16_t*>(ptr) = *reinterpret_cast<const uint16_t*>(&p);
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void zero_pack(Pack<T, N>& p) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) p.v[k] = T(0);
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+
+// Sums of one or two values; the backward reduces two row sums at once.
+__device__ __forceinline__ float shfl_xor(float v, int m) {
+  return __shfl_xor_sync(0xffffffffu, v, m);
+}
+__device__ __forceinline__ float2 shfl_xor(float2 v, int m) {
+  return make_float2(__shfl_xor_sync(0xffffffffu, v.x, m),
+                     __shfl_xor_sync(0xffffffffu, v.y, m));
+}
+__device__ __forceinline__ double shfl_xor(double v, int m) {
+  return __shfl_xor_sync(0xffffffffu, v, m);
+}
+__device__ __forceinline__ float2 operator+(float2 a, float2 b) {
+  return make_float2(a.x + b.x, a.y + b.y);
+}
+template <typename V>
+__device__ __forceinline__ V zero_value() {
+  if constexpr (std::is_same_v<V, float2>) {
+    return make_float2(0.f, 0.f);
+  } else {
+    return V(0);
+  }
+}
+
+// Sum over groups of G consecutive lanes (G a power of two <= 32).
+template <int G, typename V>
+__device__ __forceinline__ V group_sum(V v) {
+#pragma unroll
+  for (int m = G / 2; m > 0; m /= 2) v = v + shfl_xor(v, m);
+  return v;
+}
+
+// Sums a value over the threads that share a row: TPR threads of a CTA (a
+// lane group, or the whole CTA when TPR > 32), times CLUSTER CTAs of a
+// cluster. Every thread of the row gets the same total, summed in a fixed
+// order (deterministic). Shared slots alternate between two buffers, so one
+// barrier per reduction suffices: a slot is rewritten only after everyone
+// passed the barrier of the reduction in between.
+template <int TPR, int CLUSTER, typename V>
+struct RowReducer {
+  static constexpr int kWarps = TPR > kWarpSize ? TPR / kWarpSize : 1;
+  // Lives in shared memory; one per CTA.
+  struct Storage {
+    V warp_part[2][kWarps];
+    V cta_part[2];
+  };
+
+  Storage& storage;
+  int parity = 0;  // per thread, in registers
+
+  __device__ __forceinline__ explicit RowReducer(Storage& s) : storage(s) {}
+
+  __device__ __forceinline__ V sum(V v) {
+    if constexpr (TPR <= kWarpSize) {
+      static_assert(CLUSTER == 1, "a cluster needs whole-CTA rows");
+      return group_sum<TPR>(v);
+    } else {
+      v = group_sum<kWarpSize>(v);
+      const int warp = threadIdx.x / kWarpSize;
+      if (threadIdx.x % kWarpSize == 0) storage.warp_part[parity][warp] = v;
+      __syncthreads();
+      V total = zero_value<V>();
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total = total + storage.warp_part[parity][w];
+      if constexpr (CLUSTER > 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        cg::cluster_group cluster = cg::this_cluster();
+        if (threadIdx.x == 0) storage.cta_part[parity] = total;
+        cluster.sync();
+        total = zero_value<V>();
+#pragma unroll
+        for (int r = 0; r < CLUSTER; ++r) {
+          total = total + *cluster.map_shared_rank(&storage.cta_part[parity], r);
+        }
+#else
+        __trap();  // cluster kernels are launched on sm_90+ only
+#endif
+      }
+      parity ^= 1;
+      return total;
+    }
+  }
+};
+
+// This CTA's rank in its cluster, and the cluster's index in the grid.
+template <int CLUSTER>
+__device__ __forceinline__ int cluster_rank() {
+  if constexpr (CLUSTER > 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return static_cast<int>(cg::this_cluster().block_rank());
+#else
+    __trap();
+#endif
+  }
+  return 0;
+}
+
+// A CTA must not exit while cluster peers may still read its shared memory.
+template <int CLUSTER>
+__device__ __forceinline__ void cluster_exit_barrier() {
+  if constexpr (CLUSTER > 1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cg::this_cluster().sync();
+#endif
+  }
+}
+
+}  // namespace fastlayernorm::cuda

@@ -1,0 +1,113 @@
+// Forward LayerNorm kernel: a row lives in registers, read from memory once.
+//   mean = sum(x) / N, var = sum((x - mean)^2) / N  (exact two-pass, fp32)
+//   y = (x - mean) * rstd * w + b
+#pragma once
+
+#include "device_utils.cuh"
+#include "kernel_config.h"
+
+namespace fastlayernorm::cuda {
+
+template <typename T, typename W>
+struct ForwardParams {
+  const T* x;
+  const W* w;  // may be null
+  const W* b;  // may be null
+  T* y;
+  float* mean;
+  float* rstd;
+  int64_t rows;
+  int cols;
+  float eps;
+};
+
+// VEC elements per access (16 bytes, or 1 for rows that are not 16B aligned),
+// ITEMS accesses per thread, TPR threads per row per CTA, CLUSTER CTAs per row.
+// Thread t of a row owns the packs t, t + TPR*CLUSTER, ... of the row, so each
+// access instruction of a warp covers contiguous memory.
+template <typename T, typename W, int VEC, int ITEMS, int TPR, int CLUSTER>
+__global__ void __launch_bounds__(cta_threads(TPR))
+    ln_fwd_kernel(const ForwardParams<T, W> p) {
+  constexpr int kRowsPerCta = cta_threads(TPR) / TPR;
+  constexpr int kRowThreads = TPR * CLUSTER;
+  using Reducer = RowReducer<TPR, CLUSTER, float>;
+  __shared__ typename Reducer::Storage reduce_storage;
+  Reducer reducer(reduce_storage);
+
+  const int slot = threadIdx.x / TPR;  // which of the CTA's rows
+  const int thread_in_row = cluster_rank<CLUSTER>() * TPR + threadIdx.x % TPR;
+  const int64_t group = blockIdx.x / CLUSTER;
+  const int64_t groups = gridDim.x / CLUSTER;
+  const int n = p.cols;
+  const float inv_n = 1.f / static_cast<float>(n);
+
+  // Uniform trip count for every thread of a CTA (and of a cluster), so the
+  // reductions' shuffles and barriers always see all threads.
+  for (int64_t base = group * kRowsPerCta; base < p.rows;
+       base += groups * kRowsPerCta) {
+    const int64_t row = base + slot;
+    const bool row_ok = row < p.rows;
+    const int64_t offset = row * static_cast<int64_t>(n);
+
+    Pack<T, VEC> xv[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = (i * kRowThreads + thread_in_row) * VEC;
+      if (row_ok && col < n) {
+        xv[i] = load_pack<T, VEC>(p.x + offset + col);
+      } else {
+        zero_pack(xv[i]);  // out-of-row elements add nothing to the sum
+      }
+    }
+
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) sum += to_float(xv[i].v[k]);
+    }
+    const float mean = reducer.sum(sum) * inv_n;
+
+    float sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int col = (i * kRowThreads + thread_in_row) * VEC;
+      if (col < n) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float d = to_float(xv[i].v[k]) - mean;
+          sq += d * d;
+        }
+      }
+    }
+    const float rstd = rsqrtf(reducer.sum(sq) * inv_n + p.eps);
+
+    if (row_ok) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int col = (i * kRowThreads + thread_in_row) * VEC;
+        if (col < n) {
+          Pack<W, VEC> wv, bv;
+          if (p.w) wv = load_pack<W, VEC>(p.w + col);
+          if (p.b) bv = load_pack<W, VEC>(p.b + col);
+          Pack<T, VEC> out;
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            float v = (to_float(xv[i].v[k]) - mean) * rstd;
+            if (p.w) v *= to_float(wv.v[k]);
+            if (p.b) v += to_float(bv.v[k]);
+            out.v[k] = static_cast<T>(v);
+          }
+          store_pack(p.y + offset + col, out);
+        }
+      }
+      if (thread_in_row == 0) {
+        p.mean[row] = mean;
+        p.rstd[row] = rstd;
+      }
+    }
+  }
+  cluster_exit_barrier<CLUSTER>();
+}
+
+}  // namespace fastlayernorm::cuda

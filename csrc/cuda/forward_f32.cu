@@ -1,0 +1,8 @@
+// Forward launchers for float input (one translation unit per dtype,
+// so the kernels compile in parallel).
+#include "launch.cuh"
+#include "launchers.h"
+
+namespace fastlayernorm::cuda {
+template void launch_forward<float, float>(const ForwardArgs&);
+}  // namespace fastlayernorm::cuda

@@ -1,0 +1,261 @@
+// Host side: picks a kernel from the tables in kernel_config.h and launches
+// it on the current stream with a persistent grid. Included by the
+// per-dtype translation units (forward_*.cu, backward_*.cu), which
+// instantiate launch_forward / launch_backward for their dtypes.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <array>
+#include <type_traits>
+
+#include "../layer_norm.h"
+#include "backward.cuh"
+#include "fallback.cuh"
+#include "forward.cuh"
+
+namespace fastlayernorm::cuda {
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* mutable_ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+inline bool aligned16(const at::Tensor& t) {
+  return !t.defined() || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+}
+
+// 16-byte accesses need every row to start on a 16-byte boundary.
+template <typename T>
+bool vectorizable(int64_t cols, std::initializer_list<const at::Tensor*> tensors) {
+  if (cols % (16 / sizeof(T)) != 0) return false;
+  for (const at::Tensor* t : tensors) {
+    if (!aligned16(*t)) return false;
+  }
+  return true;
+}
+
+inline bool clusters_supported() {
+  return at::cuda::getCurrentDeviceProperties()->major >= 9;
+}
+
+// How many CTAs (or clusters) of `kernel` are resident on the whole GPU at
+// once: the persistent grid size. Cached per kernel and device.
+template <typename Kernel>
+int64_t resident_groups(Kernel kernel, int threads, int cluster) {
+  static std::array<int64_t, 64> cache{};
+  const int device = at::cuda::current_device();
+  if (device < 64 && cache[device] > 0) return cache[device];
+  int64_t groups = 0;
+  if (cluster == 1) {
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+    groups = static_cast<int64_t>(per_sm) *
+             at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  } else {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(cluster);
+    config.blockDim = dim3(threads);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = cluster;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    int clusters = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+    groups = clusters;
+  }
+  TORCH_CHECK(groups > 0, "fastlayernorm: a LayerNorm kernel (", threads,
+              " threads, cluster ", cluster, ") cannot be resident on this GPU");
+  if (device < 64) cache[device] = groups;
+  return groups;
+}
+
+template <typename Kernel, typename Params>
+void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster,
+                   const Params& params, cudaStream_t stream) {
+  if (cluster == 1) {
+    kernel<<<static_cast<unsigned>(groups), threads, 0, stream>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(groups * cluster));
+  config.blockDim = dim3(threads);
+  config.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- forward ---------------------------------------------------------------
+
+// Launches table entry I (or a later one) for this row size; false when the
+// row is larger than every entry usable on this GPU.
+template <typename T, typename W, bool kVectorized, size_t I = 0>
+bool launch_forward_table(const ForwardParams<T, W>& p, int64_t row_bytes,
+                          bool clusters_ok, cudaStream_t stream) {
+  if constexpr (I == std::size(kForwardConfigs)) {
+    return false;
+  } else {
+    constexpr KernelConfig c = kForwardConfigs[I];
+    if (row_bytes > c.max_row_bytes) {
+      return launch_forward_table<T, W, kVectorized, I + 1>(p, row_bytes, clusters_ok, stream);
+    }
+    if (c.cluster > 1 && !clusters_ok) return false;
+    constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
+    constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
+    auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.cluster>;
+    constexpr int threads = cta_threads(c.tpr);
+    const int64_t row_groups = ceil_div(p.rows, threads / c.tpr);
+    const int64_t groups =
+        std::min(row_groups, resident_groups(kernel, threads, c.cluster));
+    launch_kernel(kernel, groups, threads, c.cluster, p, stream);
+    return true;
+  }
+}
+
+template <typename T, typename W>
+void launch_forward(const ForwardArgs& a) {
+  using A = acc_type_t<T>;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(a.cols <= std::numeric_limits<int>::max(),
+              "fastlayernorm: expected at most 2^31-1 normalized elements per "
+              "row on CUDA, but got ", a.cols);
+  if constexpr (!std::is_same_v<T, double>) {
+    const ForwardParams<T, W> p{a.input.const_data_ptr<T>(),
+                                ptr_or_null<W>(a.weight),
+                                ptr_or_null<W>(a.bias),
+                                a.output.mutable_data_ptr<T>(),
+                                a.mean.mutable_data_ptr<float>(),
+                                a.rstd.mutable_data_ptr<float>(),
+                                a.rows,
+                                static_cast<int>(a.cols),
+                                static_cast<float>(a.eps)};
+    const int64_t row_bytes = a.cols * static_cast<int64_t>(sizeof(T));
+    const bool vec = vectorizable<T>(a.cols, {&a.input, &a.output, &a.weight, &a.bias});
+    const bool done = vec ? launch_forward_table<T, W, true>(p, row_bytes, clusters_supported(), stream)
+                          : launch_forward_table<T, W, false>(p, row_bytes, clusters_supported(), stream);
+    if (done) return;
+  }
+  const int64_t grid = std::min<int64_t>(
+      a.rows, 8 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  ln_fwd_fallback_kernel<T, W, A><<<static_cast<unsigned>(grid), kFallbackThreads, 0, stream>>>(
+      a.input.const_data_ptr<T>(), ptr_or_null<W>(a.weight), ptr_or_null<W>(a.bias),
+      a.output.mutable_data_ptr<T>(), a.mean.mutable_data_ptr<A>(),
+      a.rstd.mutable_data_ptr<A>(), a.rows, a.cols, static_cast<A>(a.eps));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- backward --------------------------------------------------------------
+
+template <typename T, typename W, bool kVectorized, size_t I = 0>
+bool launch_backward_table(BackwardParams<T, W> p, int64_t row_bytes,
+                           bool clusters_ok, const at::TensorOptions& float_options,
+                           W* dw, W* db, cudaStream_t stream) {
+  if constexpr (I == std::size(kBackwardConfigs)) {
+    return false;
+  } else {
+    constexpr KernelConfig c = kBackwardConfigs[I];
+    if (row_bytes > c.max_row_bytes) {
+      return launch_backward_table<T, W, kVectorized, I + 1>(
+          p, row_bytes, clusters_ok, float_options, dw, db, stream);
+    }
+    if (c.cluster > 1 && !clusters_ok) return false;
+    constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
+    constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
+    auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.cluster>;
+    constexpr int threads = cta_threads(c.tpr);
+    const int64_t row_groups = ceil_div(p.rows, threads / c.tpr);
+    const int64_t groups =
+        std::min(row_groups, resident_groups(kernel, threads, c.cluster));
+    // One fp32 partial row of dweight and of dbias per CTA group.
+    at::Tensor partials;
+    const bool want_params = dw != nullptr || db != nullptr;
+    if (want_params) {
+      partials = at::empty({2, groups, p.cols}, float_options);
+      p.part_dw = partials.mutable_data_ptr<float>();
+      p.part_db = p.part_dw + groups * p.cols;
+    }
+    launch_kernel(kernel, groups, threads, c.cluster, p, stream);
+    if (want_params) {
+      const dim3 block(kFinalizeCols, kFinalizeSlices);
+      const auto grid = static_cast<unsigned>(ceil_div(p.cols, kFinalizeCols));
+      ln_dwdb_finalize_kernel<W><<<grid, block, 0, stream>>>(
+          p.part_dw, p.part_db, groups, p.cols, dw, db);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return true;
+  }
+}
+
+template <typename T, typename W>
+void launch_backward(const BackwardArgs& a) {
+  using A = acc_type_t<T>;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(a.cols <= std::numeric_limits<int>::max(),
+              "fastlayernorm: expected at most 2^31-1 normalized elements per "
+              "row on CUDA, but got ", a.cols);
+  W* dw = mutable_ptr_or_null<W>(a.grad_weight);
+  W* db = mutable_ptr_or_null<W>(a.grad_bias);
+  const A* mean = a.from_output ? nullptr : a.mean.const_data_ptr<A>();
+  if constexpr (!std::is_same_v<T, double>) {
+    const BackwardParams<T, W> p{a.grad_out.const_data_ptr<T>(),
+                                 a.input.const_data_ptr<T>(),
+                                 mean,
+                                 a.rstd.const_data_ptr<float>(),
+                                 ptr_or_null<W>(a.weight),
+                                 ptr_or_null<W>(a.bias),
+                                 mutable_ptr_or_null<T>(a.grad_input),
+                                 nullptr,
+                                 nullptr,
+                                 a.rows,
+                                 static_cast<int>(a.cols),
+                                 a.from_output};
+    const int64_t row_bytes = a.cols * static_cast<int64_t>(sizeof(T));
+    const bool vec = vectorizable<T>(
+        a.cols, {&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias});
+    const auto float_options = a.input.options().dtype(at::kFloat);
+    const bool clusters_ok = clusters_supported();
+    const bool done =
+        vec ? launch_backward_table<T, W, true>(p, row_bytes, clusters_ok, float_options, dw, db, stream)
+            : launch_backward_table<T, W, false>(p, row_bytes, clusters_ok, float_options, dw, db, stream);
+    if (done) return;
+  }
+  const W* w = ptr_or_null<W>(a.weight);
+  const W* b = ptr_or_null<W>(a.bias);
+  const A* rstd = a.rstd.const_data_ptr<A>();
+  if (a.grad_input.defined()) {
+    const int64_t grid = std::min<int64_t>(
+        a.rows, 8 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+    ln_bwd_dx_fallback_kernel<T, W, A><<<static_cast<unsigned>(grid), kFallbackThreads, 0, stream>>>(
+        a.grad_out.const_data_ptr<T>(), a.input.const_data_ptr<T>(), mean, rstd,
+        w, b, a.grad_input.mutable_data_ptr<T>(), a.rows, a.cols);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (dw != nullptr || db != nullptr) {
+    const dim3 block(kColumnTile, kRowSlices);
+    ln_dwdb_fallback_kernel<T, W, A><<<static_cast<unsigned>(ceil_div(a.cols, kColumnTile)), block, 0, stream>>>(
+        a.grad_out.const_data_ptr<T>(), a.input.const_data_ptr<T>(), mean, rstd,
+        w, b, dw, db, a.rows, a.cols);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace fastlayernorm::cuda

@@ -1,0 +1,139 @@
+"""Autocast parity: under torch.autocast, fastlayernorm gives the output dtype (and
+gradient dtypes) of F.layer_norm, with matching values.
+
+On CUDA layer_norm is on autocast's float32 list: the output is float32 whatever the
+input dtype. On the CPU autocast leaves layer_norm alone: it runs in its inputs' dtypes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastlayernorm
+from conftest import make_input, rel_err
+
+FastLN = fastlayernorm.LayerNorm
+
+CASES = [
+    # (device, autocast dtype)
+    pytest.param("cuda", torch.float16, marks=pytest.mark.cuda, id="cuda-float16"),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda, id="cuda-bfloat16"),
+    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
+    pytest.param("cpu", torch.float16, id="cpu-float16"),
+]
+
+
+def _tol(dtype):
+    return 1e-5 if dtype == torch.float32 else 1e-2
+
+
+def _leaves(*ts):
+    return [None if t is None else t.detach().clone().requires_grad_(True) for t in ts]
+
+
+@pytest.mark.parametrize("device,amp_dtype", CASES)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("p_dtype", [torch.float32, "same", None], ids=str)
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_functional_parity(device, amp_dtype, x_dtype, p_dtype, memory_efficient):
+    n = 256
+    x = make_input((6, n), x_dtype, device)
+    if p_dtype is None:
+        w = b = None
+    else:
+        pd = x_dtype if p_dtype == "same" else p_dtype
+        w = (torch.rand(n) + 0.5).to(device=device, dtype=pd)
+        b = torch.randn(n).to(device=device, dtype=pd)
+    xo, wo, bo = _leaves(x, w, b)
+    xt, wt, bt = _leaves(x, w, b)
+    with torch.autocast(device, dtype=amp_dtype):
+        try:
+            ref = F.layer_norm(xt, [n], wt, bt, 1e-5)
+        except RuntimeError as e:  # a combination torch itself rejects: so must we
+            with pytest.raises(RuntimeError):
+                fastlayernorm.layer_norm(xo, [n], wo, bo, 1e-5, memory_efficient=memory_efficient)
+            pytest.skip(f"torch rejects it too: {e}")
+        out = fastlayernorm.layer_norm(xo, [n], wo, bo, 1e-5, memory_efficient=memory_efficient)
+    assert out.dtype == ref.dtype, (out.dtype, ref.dtype)
+    assert out.device == ref.device and out.shape == ref.shape
+    assert rel_err(out, ref) <= _tol(out.dtype)
+    if device == "cuda":
+        assert out.dtype == torch.float32  # autocast's float32 list
+    g = torch.randn(out.shape, device=device).to(out.dtype)
+    out.backward(g)
+    ref.backward(g)
+    for name, a, e in (("x", xo, xt), ("weight", wo, wt), ("bias", bo, bt)):
+        if e is None:
+            continue
+        assert a.grad.dtype == e.grad.dtype == a.dtype, name
+        all_fp32 = all(t is None or t.dtype == torch.float32 for t in (x, w, b))
+        assert rel_err(a.grad, e.grad) <= (1e-5 if all_fp32 else 1e-2), name
+
+
+def _model(ln_cls, device):
+    torch.manual_seed(1234)
+    m = nn.Sequential(nn.Linear(64, 128), ln_cls(128), nn.GELU(), nn.Linear(128, 64), ln_cls(64)).to(device)
+    with torch.no_grad():
+        for mod in m:
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_()
+    return m
+
+
+@pytest.mark.parametrize("device,amp_dtype", CASES)
+def test_model_parity(device, amp_dtype):
+    """A Linear -> LayerNorm model under autocast: the same output dtype, values and
+    parameter-gradient dtypes as with nn.LayerNorm."""
+    ours, ref = _model(FastLN, device), _model(nn.LayerNorm, device)
+    x = torch.randn(16, 64, device=device)
+    with torch.autocast(device, dtype=amp_dtype):
+        y, y_ref = ours(x), ref(x)
+        h, h_ref = ours[:2](x), ref[:2](x)
+    assert y.dtype == y_ref.dtype and h.dtype == h_ref.dtype
+    # The rounding of the autocast Linear feeds both layer norms identically.
+    assert rel_err(h, h_ref) <= _tol(h.dtype)
+    assert rel_err(y, y_ref) <= 3e-2
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert p.grad.dtype == q.grad.dtype == torch.float32, n
+        assert rel_err(p.grad, q.grad) <= 5e-2, (n, rel_err(p.grad, q.grad))
+
+
+@pytest.mark.parametrize("device,amp_dtype", CASES)
+def test_raw_ops_are_not_cast(device, amp_dtype):
+    """Only the differentiable layer_norm takes part in autocast; the raw forward op
+    keeps its inputs' dtypes (as aten::native_layer_norm does)."""
+    x = make_input((4, 32), torch.float32, device)
+    with torch.autocast(device, dtype=amp_dtype):
+        y, mean, rstd = torch.ops.fastlayernorm.layer_norm_fwd(x, [32], None, None, 1e-5)
+    assert y.dtype == torch.float32 and mean.dtype == torch.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autocast_compiled(amp_dtype, dynamo_reset):
+    """Under autocast, the compiled model's output dtype and values match eager."""
+    m = _model(FastLN, "cuda")
+    x = torch.randn(16, 64, device="cuda")
+    cm = torch.compile(m, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cuda", dtype=amp_dtype):
+        y = m(x)
+        yc = cm(x)
+    assert yc.dtype == y.dtype == torch.float32
+    assert rel_err(yc, y) <= 1e-5
+
+
+@pytest.mark.cuda
+def test_autocast_disabled_region_and_scripted():
+    m = _model(FastLN, "cuda")
+    x = torch.randn(8, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", enabled=False):
+            y = m(x)
+    assert y.dtype == torch.float32
+    assert rel_err(y, m(x)) == 0.0

@@ -1,0 +1,330 @@
+"""CUDA kernels: every size range of the kernel tables and the fallback, alignment
+(vector vs scalar paths), mixed parameter dtypes, large rows, many rows,
+determinism, streams, CUDA graphs and tensors of more than 2^31 elements.
+
+Every result is compared with the float64 CPU reference (F.layer_norm and autograd
+in float64), as in test_ops.py. All tests carry the `cuda` marker: they are skipped
+without a GPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastlayernorm
+from conftest import (
+    LOW_PRECISION,
+    TOL,
+    check_close,
+    make_grad,
+    make_input,
+    make_params,
+    reference,
+    rel_err,
+    torch_result,
+)
+from test_ops import check_against_reference, run_all_ops
+
+pytestmark = pytest.mark.cuda
+
+ops = torch.ops.fastlayernorm
+EPS = 1e-5
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ALL_TRUE = [True, True, True]
+
+# Row sizes (bytes) where the kernel tables of csrc/cuda/kernel_config.h change
+# entries, plus the edges of the register kernels (beyond them: fallback kernels).
+_ROW_BYTES = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
+              131072, 262144, 524288]
+
+
+def _boundary_ns(dtype):
+    size = torch.empty((), dtype=dtype).element_size()
+    ns = set(range(1, 20))
+    for b in _ROW_BYTES:
+        n = b // size
+        ns.update({n - 1, n, n + 1})
+    return sorted(n for n in ns if n >= 1)
+
+
+def test_cuda_build_present():
+    """The extension in use was compiled with its CUDA kernels."""
+    assert fastlayernorm.cuda_built(), "fastlayernorm was built without CUDA (FASTLAYERNORM_CUDA=0?)"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_size_range(dtype):
+    """Each table entry's edges (N = bytes/elem - 1, +0, +1) with few rows, forward
+    and both backwards, against the float64 reference."""
+    for n in _boundary_ns(dtype):
+        rows = 3 if n > 16384 else 5
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], dtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        try:
+            check_against_reference(x, [n], w, b, g, autograd=False)
+        except AssertionError as e:
+            raise AssertionError(f"N={n}, rows={rows}, {dtype}: {e}") from e
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [64, 768, 1024, 4099, 8192])
+def test_row_counts(dtype, n):
+    """Row counts around the CTA / persistent-grid edges: the dweight/dbias partial
+    sums per CTA group and the multi-row CTAs."""
+    for rows in [1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 263, 1000, 2049, 4097]:
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], dtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        try:
+            check_against_reference(x, [n], w, b, g, autograd=False, torch_check=rows >= 128)
+        except AssertionError as e:
+            raise AssertionError(f"N={n}, rows={rows}, {dtype}: {e}") from e
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1024, 4099, 1000, 127, 8, 8192, 65536])
+@pytest.mark.parametrize("which", ["input", "grad", "params", "all"])
+def test_odd_alignment(dtype, n, which):
+    """Views with storage offset 1 (not 16-byte aligned): the scalar paths."""
+    rows = 33 if n <= 8192 else 3
+
+    def shifted(t):
+        base = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        v = base[1:].view(t.shape)
+        v.copy_(t)
+        assert v.storage_offset() == 1 and v.is_contiguous()
+        return v
+
+    x = make_input((rows, n), dtype, "cuda")
+    w, b = make_params([n], dtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    if which in ("input", "all"):
+        x = shifted(x)
+    if which in ("grad", "all"):
+        g = shifted(g)
+    if which in ("params", "all"):
+        w, b = shifted(w), shifted(b)
+    aligned = run_all_ops(x.clone(), [n], w.clone(), b.clone(), g.clone())
+    res, ref = check_against_reference(x, [n], w, b, g)
+    # The scalar and the vector paths agree to rounding.
+    for k in ("y", "dx", "dw", "db"):
+        assert rel_err(res[k], aligned[k]) <= 2 * TOL[dtype], k
+
+
+@pytest.mark.parametrize("x_dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("n", [1, 8, 127, 1024, 4099, 8192, 32768, 65536, 131072, 262144 + 8])
+def test_low_precision_input_float32_params(x_dtype, n):
+    rows = 16 if n <= 8192 else 2
+    x = make_input((rows, n), x_dtype, "cuda")
+    w, b = make_params([n], torch.float32, "cuda")
+    g = make_grad((rows, n), x_dtype, "cuda")
+    res, _ = check_against_reference(x, [n], w, b, g)
+    assert res["y"].dtype == x_dtype and res["dx"].dtype == x_dtype
+    assert res["dw"].dtype == res["db"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [65536, 131072, 262144, 2**20])
+def test_large_rows(dtype, n):
+    """Large normalized sizes with few rows (cluster kernels and fallback)."""
+    for rows in (1, 3):
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], dtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        check_against_reference(x, [n], w, b, g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,n", [(2**17, 64), (2**16 + 3, 64), (100_003, 8), (2**15, 4)])
+def test_many_small_rows(dtype, rows, n):
+    x = make_input((rows, n), dtype, "cuda")
+    w, b = make_params([n], dtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    check_against_reference(x, [n], w, b, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows,n", [(4096, 1024), (64, 8192), (1000, 4099), (8, 65536)])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_deterministic(dtype, rows, n, memory_efficient):
+    """The same inputs give bitwise identical y, dx, dweight and dbias over 20 runs."""
+    x = make_input((rows, n), dtype, "cuda")
+    w, b = make_params([n], dtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    first = None
+    for _ in range(20):
+        xl, wl, bl = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        y = fastlayernorm.layer_norm(xl, [n], wl, bl, EPS, memory_efficient=memory_efficient)
+        y.backward(g)
+        out = (y.detach(), xl.grad, wl.grad, bl.grad)
+        if first is None:
+            first = out
+            continue
+        for name, a, e in zip(("y", "dx", "dw", "db"), out, first):
+            assert torch.equal(a, e), f"{name} differs between runs"
+    # The raw ops too, with a busy GPU in between (other work on the stream).
+    y, mean, rstd = ops.layer_norm_fwd(x, [n], w, b, EPS)
+    ref = ops.layer_norm_bwd(g, x, [n], mean, rstd, w, b, ALL_TRUE)
+    for _ in range(5):
+        torch.randn(4096, 4096, device="cuda").matmul(torch.randn(4096, 4096, device="cuda"))
+        again = ops.layer_norm_bwd(g, x, [n], mean, rstd, w, b, ALL_TRUE)
+        for a, e in zip(again, ref):
+            assert torch.equal(a, e)
+
+
+def test_matches_cpu_kernels():
+    """The CUDA and CPU kernels agree with each other (both against float64 too)."""
+    for dtype in DTYPES:
+        for n in (7, 1000, 4099):
+            x = make_input((50, n), dtype, "cpu")
+            w, b = make_params([n], dtype, "cpu")
+            g = make_grad((50, n), dtype, "cpu")
+            cpu = run_all_ops(x, [n], w, b, g)
+            gpu = run_all_ops(x.cuda(), [n], w.cuda(), b.cuda(), g.cuda())
+            for k in cpu:
+                assert gpu[k].device.type == "cuda"
+                assert rel_err(gpu[k], cpu[k]) <= 2 * TOL[dtype], (dtype, n, k)
+
+
+def test_side_stream_and_device_guard():
+    """Kernels run on the current stream (a side stream here) and under the input's
+    device, whatever the current device is."""
+    n = 4096
+    x = make_input((64, n), torch.float32, "cuda")
+    w, b = make_params([n], torch.float32, "cuda")
+    g = make_grad((64, n), torch.float32, "cuda")
+    expected = run_all_ops(x, [n], w, b, g)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            got = run_all_ops(x, [n], w, b, g)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_second_device():
+    n = 1024
+    x = make_input((32, n), torch.float32, "cuda:1")
+    w, b = make_params([n], torch.float32, "cuda:1")
+    g = make_grad((32, n), torch.float32, "cuda:1")
+    with torch.cuda.device(0):
+        res, _ = check_against_reference(x, [n], w, b, g)
+    assert res["y"].device == torch.device("cuda:1")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1024, 4099, 65536])
+def test_cuda_graph_capture(dtype, n):
+    """Forward and backward can be captured in a CUDA graph and replayed (what
+    torch.compile(mode='reduce-overhead') does)."""
+    rows = 64 if n < 65536 else 4
+    x = make_input((rows, n), dtype, "cuda")
+    w, b = make_params([n], dtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    static = [t.clone() for t in (x, w, b, g)]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up (kernel selection, occupancy caches)
+        run_all_ops(static[0], [n], static[1], static[2], static[3])
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run_all_ops(static[0], [n], static[1], static[2], static[3])
+    # New inputs, copied into the captured buffers, then replayed.
+    x2 = make_input((rows, n), dtype, "cuda")
+    g2 = make_grad((rows, n), dtype, "cuda")
+    static[0].copy_(x2)
+    static[3].copy_(g2)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = run_all_ops(x2, [n], w, b, g2)
+    for k in eager:
+        assert torch.equal(out[k], eager[k]), k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_output_element_written_large(dtype, poison_uninitialized):
+    """NaN-poisoned fresh outputs (and workspaces), large and odd shapes."""
+    for rows, n in [(3, 2**20), (5, 131073), (4097, 1024), (7, 65537)]:
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], dtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        res = run_all_ops(x, [n], w, b, g)
+        for k, v in res.items():
+            assert torch.isfinite(v).all(), (rows, n, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_noncontiguous_cuda_inputs(dtype):
+    n = 2048
+    base = make_input((n, 48), dtype, "cuda")
+    x = base.t()  # (48, 2048), column-major
+    w, b = make_params([n], dtype, "cuda")
+    g = make_grad((48, n), dtype, "cuda")
+    check_against_reference(x, [n], w, b, g)
+
+
+# --------------------------------------------------------------------------------------
+# > 2^31 elements
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_more_than_2_pow_31_elements(memory_efficient):
+    """rows = 2^16 + 1, N = 2^15 bfloat16: 2^31 + 2^15 elements (~4.3 GB a tensor).
+    Rows on both sides of element 2^31 are checked against the float64 CPU reference
+    on those rows; dweight/dbias (sums over all rows) against float64 computed on the
+    GPU in chunks."""
+    rows, n = 2**16 + 1, 2**15
+    dtype = torch.bfloat16
+    free, _ = torch.cuda.mem_get_info()
+    if free < 30 * 2**30:
+        pytest.skip(f"needs ~30 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.empty(rows, n, dtype=dtype, device="cuda")
+    g = torch.empty(rows, n, dtype=dtype, device="cuda")
+    for i in range(0, rows, 4096):  # chunked, to keep the float32 temporaries small
+        x[i:i + 4096] = (torch.randn(min(4096, rows - i), n, device="cuda", generator=gen) * 2 + 1).to(dtype)
+        g[i:i + 4096] = torch.randn(min(4096, rows - i), n, device="cuda", generator=gen).to(dtype)
+    assert x.numel() > 2**31
+    w, b = make_params([n], dtype, "cuda")
+
+    xl = x.requires_grad_(True)
+    wl, bl = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    y = fastlayernorm.layer_norm(xl, [n], wl, bl, EPS, memory_efficient=memory_efficient)
+    y.backward(g)
+    dx, dw, db = xl.grad, wl.grad, bl.grad
+    torch.cuda.synchronize()
+
+    # Rows around element 2^31 (row 2^16) and at both ends, against the CPU reference.
+    check_rows = [0, 1, 2**15, 2**16 - 1, 2**16]
+    idx = torch.tensor(check_rows, device="cuda")
+    ref = reference(x.detach()[idx], [n], w, b, EPS, g[idx])
+    check_close("y", y.detach()[idx], ref["y"], dtype)
+    check_close("dx", dx[idx], ref["dx"], dtype)
+
+    # Every row's y and the full dweight/dbias, in float64 on the GPU, chunk by chunk.
+    w64, b64 = w.double(), b.double()
+    dw64 = torch.zeros(n, dtype=torch.float64, device="cuda")
+    db64 = torch.zeros_like(dw64)
+    num = den = 0.0
+    for i in range(0, rows, 2048):
+        xc = x.detach()[i:i + 2048].double()
+        gc = g[i:i + 2048].double()
+        mean = xc.mean(-1, keepdim=True)
+        xhat = (xc - mean) * torch.rsqrt(((xc - mean) ** 2).mean(-1, keepdim=True) + EPS)
+        yc = xhat * w64 + b64
+        num += (y.detach()[i:i + 2048].double() - yc).square().sum().item()
+        den += yc.square().sum().item()
+        dw64 += (gc * xhat).sum(0)
+        db64 += gc.sum(0)
+        assert torch.isfinite(y.detach()[i:i + 2048]).all() and torch.isfinite(dx[i:i + 2048]).all()
+    assert (num / den) ** 0.5 <= TOL[dtype], f"y over all rows: {(num / den) ** 0.5:.3e}"
+    check_close("dw", dw, dw64, dtype)
+    check_close("db", db, db64, dtype)
