@@ -26,7 +26,7 @@ for stage in $stages; do
   case $stage in
     build)
       MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="9.0" FASTLAYERNORM_PTXAS_VERBOSE=1 \
-        python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+        python3 -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
       rc=$?
       python3 benchmarks/ptxas_report.py "$OUT/build.log" > "$OUT/ptxas.txt" 2>&1
       note "build rc=$rc in $(( $(date +%s) - start ))s; cuda_built=$(python3 -c 'import fastlayernorm; print(fastlayernorm.cuda_built())' 2>&1 | tail -1)"

@@ -11,9 +11,10 @@ def demangle_args(name: str) -> str:
     t = "bf16" if "BFloat16" in name else "f16" if "Half" in name else "f64" if "Ed" in name[:60] else "f32"
     w32 = "w32" if re.search(r"(BFloat16|Half)Ef", name) else ""
     label = kind.group(1) if kind else name[:40]
-    if ints:
-        vec, items, tpr, cluster = (ints + ["?"] * 4)[:4]
-        return f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} tpr={tpr} cluster={cluster}>"
+    if len(ints) >= 6:
+        vec, items, tpr, rows, cluster, min_ctas = ints[:6]
+        return (f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} tpr={tpr} "
+                f"rows={rows} cluster={cluster} min_ctas={min_ctas}>")
     return f"{label}<{t}{'+' + w32 if w32 else ''}>"
 
 

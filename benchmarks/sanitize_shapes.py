@@ -10,7 +10,8 @@ ops = torch.ops.fastlayernorm
 
 
 def rel(a, b):
-    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+    # N=1 gives x_hat = 0 exactly: dx and dweight are rounding noise around 0.
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-6)).item()
 
 
 def check(rows, n, dtype, wdtype, offset=0):

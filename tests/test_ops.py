@@ -328,20 +328,26 @@ def test_constant_rows(device, dtype, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("offset", [30.0, 300.0])
-@pytest.mark.parametrize("n", [1000, 8192])
+@pytest.mark.parametrize("offset", [10.0, 30.0, 300.0])
+@pytest.mark.parametrize("n", [1000, 8192, 65537])
 def test_large_mean_float32(device, offset, n):
     """A large common offset (mean >> std): the statistics must not lose the variance
-    to cancellation; float32 error stays within the bound."""
-    x = (torch.randn(64, n) + offset).to(device)
+    to cancellation. The float32 error is no worse than torch's own float32
+    layer_norm on the same input, and within 1e-5 where float32 allows it (at offset
+    300 rounding x - mean alone costs ~ulp(300)/std ~ 1e-5, for torch too)."""
+    rows = 64 if n <= 8192 else 3
+    x = (torch.randn(rows, n) + offset).to(device)
     w, b = make_params([n], torch.float32, device)
-    g = make_grad((64, n), torch.float32, device)
-    res, ref = check_against_reference(x, [n], w, b, g)
-    # ... and no worse than torch's own float32 layer_norm on the same input.
+    g = make_grad((rows, n), torch.float32, device)
+    ref = reference(x, [n], w, b, EPS, g)
     base = torch_result(x, [n], w, b, EPS, g)
+    res = run_all_ops(x, [n], w, b, g)
     for k in ("y", "dx", "dw", "db"):
-        err, terr = rel_err(res[k], ref[k]), rel_err(base[k], ref[k])
-        assert err <= 1.5 * terr + 1e-6, f"{k}: error {err:.3e} vs torch's {terr:.3e}"
+        for suffix in (("",) if k == "y" else ("", "_o")):
+            err, terr = rel_err(res[k + suffix], ref[k]), rel_err(base[k], ref[k])
+            assert err <= 1.5 * terr + 1e-6, f"{k}{suffix}: error {err:.3e} vs torch's {terr:.3e}"
+            if offset <= 30:
+                assert err <= TOL[torch.float32], f"{k}{suffix}: error {err:.3e}"
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -9,6 +9,8 @@
 
 #include <fastlayernorm/functional.h>
 
+#include <c10/util/Exception.h>
+
 #include "../ops.h"
 
 namespace fastlayernorm {
@@ -25,6 +27,11 @@ at::Tensor layer_norm(const at::Tensor& input, at::IntArrayRef normalized_shape,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& bias, double eps,
                       bool memory_efficient) {
+  // Without a device the dispatcher could only say "tensor does not have a
+  // device".
+  TORCH_CHECK(input.defined(),
+              "fastlayernorm: expected a defined input tensor, but got an "
+              "undefined one");
   return ops::layer_norm(input, c10::fromIntArrayRefSlow(normalized_shape),
                          present_or_none(weight), present_or_none(bias), eps,
                          memory_efficient);

@@ -40,13 +40,13 @@ __device__ __forceinline__ float x_hat_of(float x, float mean, float rstd,
   return has_w ? v / to_float(wv.v[k]) : v;
 }
 
-template <typename T, typename W, int VEC, int ITEMS, int TPR, int CLUSTER>
-__global__ void __launch_bounds__(cta_threads(TPR))
+template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
+          int MIN_CTAS, bool PREFETCH>
+__global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W> p) {
-  constexpr int kThreads = cta_threads(TPR);
-  constexpr int kRowsPerCta = kThreads / TPR;
+  constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
-  using Reducer = RowReducer<TPR, CLUSTER, float2>;
+  using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
 
@@ -54,11 +54,21 @@ __global__ void __launch_bounds__(cta_threads(TPR))
   const int lane = threadIdx.x % TPR;
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + lane;
   const int64_t group = blockIdx.x / CLUSTER;
-  const int64_t groups = gridDim.x / CLUSTER;
+  const int64_t stride = static_cast<int64_t>(gridDim.x / CLUSTER) * ROWS;
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
   const bool has_w = p.w != nullptr, has_b = p.b != nullptr;
   const bool want_params = p.part_dw != nullptr;
+
+  // The thread's columns are the same in every row: weight (and bias, when
+  // rebuilding from the output) are loaded once.
+  Pack<W, VEC> wv[ITEMS], bv[ITEMS];
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int col = (i * kRowThreads + thread_in_row) * VEC;
+    if (has_w && col < n) wv[i] = load_pack<W, VEC>(p.w + col);
+    if (p.from_output && has_b && col < n) bv[i] = load_pack<W, VEC>(p.b + col);
+  }
 
   float dw_acc[ITEMS][VEC], db_acc[ITEMS][VEC];
 #pragma unroll
@@ -67,26 +77,23 @@ __global__ void __launch_bounds__(cta_threads(TPR))
     for (int k = 0; k < VEC; ++k) dw_acc[i][k] = db_acc[i][k] = 0.f;
   }
 
-  for (int64_t base = group * kRowsPerCta; base < p.rows;
-       base += groups * kRowsPerCta) {
-    const int64_t row = base + slot;
+  Pack<T, VEC> xv[ITEMS], gv[ITEMS];
+  int64_t row = group * ROWS + slot;
+  if constexpr (PREFETCH) {
+    load_row(xv, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n);
+    load_row(gv, p.dy + row * n, row < p.rows, thread_in_row, kRowThreads, n);
+  }
+  for (int64_t base = group * ROWS; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-
-    Pack<T, VEC> xv[ITEMS], gv[ITEMS];
-    Pack<W, VEC> wv[ITEMS], bv[ITEMS];
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int col = (i * kRowThreads + thread_in_row) * VEC;
-      if (row_ok && col < n) {
-        xv[i] = load_pack<T, VEC>(p.x + offset + col);
-        gv[i] = load_pack<T, VEC>(p.dy + offset + col);
-        if (has_w) wv[i] = load_pack<W, VEC>(p.w + col);
-        if (p.from_output && has_b) bv[i] = load_pack<W, VEC>(p.b + col);
-      } else {
-        zero_pack(xv[i]);
-        zero_pack(gv[i]);
-      }
+    Pack<T, VEC> x_next[ITEMS], g_next[ITEMS];
+    if constexpr (PREFETCH) {
+      const bool next_ok = row + stride < p.rows;
+      load_row(x_next, p.x + offset + stride * n, next_ok, thread_in_row, kRowThreads, n);
+      load_row(g_next, p.dy + offset + stride * n, next_ok, thread_in_row, kRowThreads, n);
+    } else {
+      load_row(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n);
+      load_row(gv, p.dy + offset, row_ok, thread_in_row, kRowThreads, n);
     }
     const float mean = (row_ok && !p.from_output) ? p.mean[row] : 0.f;
     const float rstd = row_ok ? p.rstd[row] : 0.f;
@@ -132,6 +139,13 @@ __global__ void __launch_bounds__(cta_threads(TPR))
         }
       }
     }
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        xv[i] = x_next[i];
+        gv[i] = g_next[i];
+      }
+    }
   }
 
   if (want_params) {
@@ -139,7 +153,7 @@ __global__ void __launch_bounds__(cta_threads(TPR))
     // first add their row slots in shared memory, in slot order.
     const int64_t part_offset = group * static_cast<int64_t>(n);
     auto write_partial = [&](float(&acc)[ITEMS][VEC], float* part) {
-      if constexpr (kRowsPerCta > 1) {
+      if constexpr (ROWS > 1) {
         __shared__ float combine[ITEMS * VEC][kThreads];
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
@@ -153,7 +167,7 @@ __global__ void __launch_bounds__(cta_threads(TPR))
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
               float s = 0.f;
-              for (int r = 0; r < kRowsPerCta; ++r) s += combine[i * VEC + k][r * TPR + lane];
+              for (int r = 0; r < ROWS; ++r) s += combine[i * VEC + k][r * TPR + lane];
               acc[i][k] = s;
             }
           }
@@ -178,10 +192,10 @@ __global__ void __launch_bounds__(cta_threads(TPR))
   cluster_exit_barrier<CLUSTER>();
 }
 
-// Sums the partial rows column by column: threadIdx.y takes every 8th
-// partial row, then the 8 sums are added in order. Fixed order: deterministic.
+// Sums the partial rows column by column: threadIdx.y takes every 32nd
+// partial row, then the 32 sums are added in order. Fixed order: deterministic.
 constexpr int kFinalizeCols = 32;
-constexpr int kFinalizeSlices = 8;
+constexpr int kFinalizeSlices = 32;
 
 template <typename W>
 __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)

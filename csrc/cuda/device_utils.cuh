@@ -103,18 +103,18 @@ __device__ __forceinline__ V group_sum(V v) {
   return v;
 }
 
-// Sums a value over the threads that share a row: TPR threads of a CTA (a
-// lane group, or the whole CTA when TPR > 32), times CLUSTER CTAs of a
-// cluster. Every thread of the row gets the same total, summed in a fixed
-// order (deterministic). Shared slots alternate between two buffers, so one
-// barrier per reduction suffices: a slot is rewritten only after everyone
-// passed the barrier of the reduction in between.
-template <int TPR, int CLUSTER, typename V>
+// Sums a value over the TPR threads that share a row (ROWS rows per CTA), or
+// over CLUSTER CTAs of a cluster holding one row. Every thread of the row
+// gets the same total, summed in a fixed order (deterministic). Shared slots
+// alternate between two buffers, so one barrier per reduction suffices: a
+// slot is rewritten only after everyone passed the barrier in between.
+template <int TPR, int ROWS, int CLUSTER, typename V>
 struct RowReducer {
-  static constexpr int kWarps = TPR > kWarpSize ? TPR / kWarpSize : 1;
+  static_assert(CLUSTER == 1 || ROWS == 1, "a cluster holds one row");
+  static constexpr int kWarpsPerRow = TPR > kWarpSize ? TPR / kWarpSize : 1;
   // Lives in shared memory; one per CTA.
   struct Storage {
-    V warp_part[2][kWarps];
+    V warp_part[2][ROWS][kWarpsPerRow];
     V cta_part[2];
   };
 
@@ -129,12 +129,13 @@ struct RowReducer {
       return group_sum<TPR>(v);
     } else {
       v = group_sum<kWarpSize>(v);
-      const int warp = threadIdx.x / kWarpSize;
-      if (threadIdx.x % kWarpSize == 0) storage.warp_part[parity][warp] = v;
+      const int slot = threadIdx.x / TPR;
+      const int warp = (threadIdx.x % TPR) / kWarpSize;
+      if (threadIdx.x % kWarpSize == 0) storage.warp_part[parity][slot][warp] = v;
       __syncthreads();
       V total = zero_value<V>();
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) total = total + storage.warp_part[parity][w];
+      for (int w = 0; w < kWarpsPerRow; ++w) total = total + storage.warp_part[parity][slot][w];
       if constexpr (CLUSTER > 1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         cg::cluster_group cluster = cg::this_cluster();
@@ -154,6 +155,24 @@ struct RowReducer {
     }
   }
 };
+
+// Loads this thread's packs of one row (zeros outside the row or past the
+// last row). Thread t of a row owns packs t, t + row_threads, ... so each
+// access instruction of a warp covers contiguous memory.
+template <typename T, int VEC, int ITEMS>
+__device__ __forceinline__ void load_row(Pack<T, VEC> (&packs)[ITEMS], const T* row_ptr,
+                                         bool row_ok, int thread_in_row,
+                                         int row_threads, int n) {
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int col = (i * row_threads + thread_in_row) * VEC;
+    if (row_ok && col < n) {
+      packs[i] = load_pack<T, VEC>(row_ptr + col);
+    } else {
+      zero_pack(packs[i]);
+    }
+  }
+}
 
 // This CTA's rank in its cluster, and the cluster's index in the grid.
 template <int CLUSTER>

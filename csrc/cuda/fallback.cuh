@@ -19,7 +19,7 @@ __global__ void __launch_bounds__(kFallbackThreads)
     ln_fwd_fallback_kernel(const T* __restrict__ x, const W* w, const W* b,
                            T* __restrict__ y, A* mean_out, A* rstd_out,
                            int64_t rows, int64_t n, A eps) {
-  using Reducer = RowReducer<kFallbackThreads, 1, A>;
+  using Reducer = RowReducer<kFallbackThreads, 1, 1, A>;
   __shared__ typename Reducer::Storage storage;
   Reducer reducer(storage);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kFallbackThreads)
                               const A* mean, const A* rstd, const W* w,
                               const W* b, T* __restrict__ dx, int64_t rows,
                               int64_t n) {
-  using Reducer = RowReducer<kFallbackThreads, 1, A>;
+  using Reducer = RowReducer<kFallbackThreads, 1, 1, A>;
   __shared__ typename Reducer::Storage storage;
   Reducer reducer(storage);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {

@@ -22,42 +22,41 @@ struct ForwardParams {
 };
 
 // VEC elements per access (16 bytes, or 1 for rows that are not 16B aligned),
-// ITEMS accesses per thread, TPR threads per row per CTA, CLUSTER CTAs per row.
-// Thread t of a row owns the packs t, t + TPR*CLUSTER, ... of the row, so each
-// access instruction of a warp covers contiguous memory.
-template <typename T, typename W, int VEC, int ITEMS, int TPR, int CLUSTER>
-__global__ void __launch_bounds__(cta_threads(TPR))
+// ITEMS accesses per thread, TPR threads per row, ROWS rows per CTA, CLUSTER
+// CTAs per row. Persistent: a CTA (cluster) walks rows with a grid stride,
+// loading its next row while it reduces the current one.
+template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
+          int MIN_CTAS, bool PREFETCH>
+__global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W> p) {
-  constexpr int kRowsPerCta = cta_threads(TPR) / TPR;
   constexpr int kRowThreads = TPR * CLUSTER;
-  using Reducer = RowReducer<TPR, CLUSTER, float>;
+  using Reducer = RowReducer<TPR, ROWS, CLUSTER, float>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
 
   const int slot = threadIdx.x / TPR;  // which of the CTA's rows
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + threadIdx.x % TPR;
   const int64_t group = blockIdx.x / CLUSTER;
-  const int64_t groups = gridDim.x / CLUSTER;
+  const int64_t stride = static_cast<int64_t>(gridDim.x / CLUSTER) * ROWS;
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
 
+  Pack<T, VEC> xv[ITEMS];
+  int64_t row = group * ROWS + slot;
+  if constexpr (PREFETCH) {
+    load_row(xv, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n);
+  }
   // Uniform trip count for every thread of a CTA (and of a cluster), so the
   // reductions' shuffles and barriers always see all threads.
-  for (int64_t base = group * kRowsPerCta; base < p.rows;
-       base += groups * kRowsPerCta) {
-    const int64_t row = base + slot;
+  for (int64_t base = group * ROWS; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-
-    Pack<T, VEC> xv[ITEMS];
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int col = (i * kRowThreads + thread_in_row) * VEC;
-      if (row_ok && col < n) {
-        xv[i] = load_pack<T, VEC>(p.x + offset + col);
-      } else {
-        zero_pack(xv[i]);  // out-of-row elements add nothing to the sum
-      }
+    Pack<T, VEC> next[ITEMS];
+    if constexpr (PREFETCH) {
+      load_row(next, p.x + offset + stride * n, row + stride < p.rows, thread_in_row,
+               kRowThreads, n);
+    } else {
+      load_row(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n);
     }
 
     float sum = 0.f;
@@ -105,6 +104,10 @@ __global__ void __launch_bounds__(cta_threads(TPR))
         p.mean[row] = mean;
         p.rstd[row] = rstd;
       }
+    }
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) xv[i] = next[i];
     }
   }
   cluster_exit_barrier<CLUSTER>();

@@ -121,9 +121,13 @@ bool launch_forward_table(const ForwardParams<T, W>& p, int64_t row_bytes,
     if (c.cluster > 1 && !clusters_ok) return false;
     constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
     constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
-    auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.cluster>;
-    constexpr int threads = cta_threads(c.tpr);
-    const int64_t row_groups = ceil_div(p.rows, threads / c.tpr);
+    constexpr int threads = cta_threads(c);
+    // Prefetching the next row doubles the registers holding the row: only
+    // where the register cap (65536 / resident threads) leaves room.
+    constexpr bool kPrefetch = threads * min_ctas_per_sm(c) <= kMinThreadsPerSm;
+    auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
+                                min_ctas_per_sm(c), kPrefetch>;
+    const int64_t row_groups = ceil_div(p.rows, c.rows);
     const int64_t groups =
         std::min(row_groups, resident_groups(kernel, threads, c.cluster));
     launch_kernel(kernel, groups, threads, c.cluster, p, stream);
@@ -180,9 +184,11 @@ bool launch_backward_table(BackwardParams<T, W> p, int64_t row_bytes,
     if (c.cluster > 1 && !clusters_ok) return false;
     constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
     constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
-    auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.cluster>;
-    constexpr int threads = cta_threads(c.tpr);
-    const int64_t row_groups = ceil_div(p.rows, threads / c.tpr);
+    constexpr int threads = cta_threads(c);
+    constexpr bool kPrefetch = threads * min_ctas_per_sm(c) <= kMinThreadsPerSm;
+    auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
+                                min_ctas_per_sm(c), kPrefetch>;
+    const int64_t row_groups = ceil_div(p.rows, c.rows);
     const int64_t groups =
         std::min(row_groups, resident_groups(kernel, threads, c.cluster));
     // One fp32 partial row of dweight and of dbias per CTA group.

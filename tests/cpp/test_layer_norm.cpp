@@ -93,9 +93,10 @@ TEST_P(LayerNormFunction, MatchesTorchLayerNorm) {
     const bool has_b = affine == Affine::kBias || affine == Affine::kBoth;
 
     // fastlayernorm on `device`.
-    auto x = x_data.to(device).requires_grad_();
-    auto w = has_w ? w_data.to(device).requires_grad_() : torch::Tensor();
-    auto b = has_b ? b_data.to(device).requires_grad_() : torch::Tensor();
+    // (copies: .to() returns the tensor itself when nothing changes)
+    auto x = x_data.to(device, /*non_blocking=*/false, /*copy=*/true).requires_grad_();
+    auto w = has_w ? w_data.to(device, false, true).requires_grad_() : torch::Tensor();
+    auto b = has_b ? b_data.to(device, false, true).requires_grad_() : torch::Tensor();
     std::optional<torch::Tensor> w_opt, b_opt;
     if (has_w) w_opt = w;
     if (has_b) b_opt = b;
@@ -108,9 +109,9 @@ TEST_P(LayerNormFunction, MatchesTorchLayerNorm) {
     y.backward(grad_data.to(device));
 
     // torch::layer_norm in float64 on CPU.
-    auto xr = x_data.to(torch::kDouble).requires_grad_();
-    auto wr = has_w ? w_data.to(torch::kDouble).requires_grad_() : torch::Tensor();
-    auto br = has_b ? b_data.to(torch::kDouble).requires_grad_() : torch::Tensor();
+    auto xr = x_data.to(torch::kDouble, false, true).requires_grad_();
+    auto wr = has_w ? w_data.to(torch::kDouble, false, true).requires_grad_() : torch::Tensor();
+    auto br = has_b ? b_data.to(torch::kDouble, false, true).requires_grad_() : torch::Tensor();
     auto yr = torch::layer_norm(xr, shape.normalized, wr, br, eps);
     yr.backward(grad_data.to(torch::kDouble));
 
@@ -253,7 +254,7 @@ TEST(LayerNormErrors, Eps) {
 
 TEST(LayerNormErrors, UndefinedInput) {
   EXPECT_TRUE(throws_with([&] { fastlayernorm::layer_norm(torch::Tensor(), {5}); },
-                          {"fastlayernorm"}));
+                          {"fastlayernorm", "undefined"}));
 }
 
 TEST(LayerNormErrors, WeightOnAnotherDevice) {
