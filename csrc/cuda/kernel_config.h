@@ -18,6 +18,7 @@ struct KernelConfig {
   int bytes_per_thread;   // input bytes each thread holds (multiple of 16)
   int rows;               // rows per CTA (tpr * rows threads)
   int cluster;            // CTAs per row (1: no cluster; then rows may be > 1)
+  bool prefetch;          // load the next row while reducing this one
 };
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
@@ -29,28 +30,33 @@ constexpr int min_ctas_per_sm(const KernelConfig& c) {
   return cta_threads(c) >= kMinThreadsPerSm ? 1 : kMinThreadsPerSm / cta_threads(c);
 }
 
-// Forward: the input row is held (the output is written from it), and the
-// next row's loads are in flight while this row is reduced.
+// Forward: the input row is held (the output is written from it). Short rows
+// prefetch the next row (their threads hold little); long rows rely on other
+// resident CTAs for overlap (H100 measurements in docs/kernels.md).
 inline constexpr KernelConfig kForwardConfigs[] = {
-    {16, 1, 16, 128, 1},     {32, 2, 16, 64, 1},      {64, 4, 16, 32, 1},
-    {128, 8, 16, 16, 1},     {256, 16, 16, 8, 1},     {512, 16, 32, 8, 1},
-    {1024, 32, 32, 4, 1},    {2048, 32, 64, 4, 1},    {4096, 64, 64, 2, 1},
-    {8192, 128, 64, 1, 1},   {16384, 256, 64, 1, 1},
-    // Larger rows: clusters of 256-thread CTAs, so several CTAs (rows) stay
-    // resident per SM; the largest at 512/1024 threads (cluster size <= 8).
-    {32768, 256, 64, 1, 2},  {65536, 256, 64, 1, 4},  {131072, 256, 64, 1, 8},
-    {262144, 512, 64, 1, 8}, {524288, 1024, 64, 1, 8},
+    {16, 1, 16, 128, 1, true},     {32, 2, 16, 64, 1, true},
+    {64, 4, 16, 32, 1, true},      {128, 8, 16, 16, 1, true},
+    {256, 16, 16, 8, 1, true},     {512, 16, 32, 8, 1, true},
+    {1024, 32, 32, 4, 1, true},    {2048, 32, 64, 4, 1, true},
+    {4096, 64, 64, 1, 1, false},   {8192, 128, 64, 1, 1, false},
+    {16384, 256, 64, 1, 1, false}, {32768, 512, 64, 1, 1, false},
+    {65536, 1024, 64, 1, 1, false},
+    // Rows beyond one CTA's registers: a cluster of CTAs per row.
+    {131072, 1024, 64, 1, 2, false}, {262144, 1024, 64, 1, 4, false},
+    {524288, 1024, 64, 1, 8, false},
 };
 
 // Backward: the input and grad rows are held (and prefetched), plus fp32
 // dweight/dbias accumulators for the thread's columns. CTAs of several rows
 // keep the number of partial rows (one per CTA) small.
 inline constexpr KernelConfig kBackwardConfigs[] = {
-    {16, 1, 16, 128, 1},     {32, 2, 16, 64, 1},      {64, 4, 16, 32, 1},
-    {128, 8, 16, 16, 1},     {256, 16, 16, 8, 1},     {512, 32, 16, 4, 1},
-    {1024, 32, 32, 4, 1},    {2048, 64, 32, 4, 1},    {4096, 128, 32, 2, 1},
-    {8192, 256, 32, 1, 1},   {16384, 256, 32, 1, 2},  {32768, 256, 32, 1, 4},
-    {65536, 256, 32, 1, 8},  {131072, 512, 32, 1, 8},
+    {16, 1, 16, 128, 1, true},     {32, 2, 16, 64, 1, true},
+    {64, 4, 16, 32, 1, true},      {128, 8, 16, 16, 1, true},
+    {256, 16, 16, 8, 1, true},     {512, 32, 16, 4, 1, true},
+    {1024, 32, 32, 4, 1, true},    {2048, 64, 32, 4, 1, true},
+    {4096, 128, 32, 2, 1, true},   {8192, 256, 32, 1, 1, true},
+    {16384, 512, 32, 1, 1, true},  {32768, 512, 32, 1, 2, true},
+    {65536, 512, 32, 1, 4, true},  {131072, 512, 32, 1, 8, true},
 };
 
 }  // namespace fastlayernorm::cuda

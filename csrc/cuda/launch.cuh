@@ -122,9 +122,7 @@ bool launch_forward_table(const ForwardParams<T, W>& p, int64_t row_bytes,
     constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
     constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
     constexpr int threads = cta_threads(c);
-    // Prefetching the next row doubles the registers holding the row: only
-    // where the register cap (65536 / resident threads) leaves room.
-    constexpr bool kPrefetch = threads * min_ctas_per_sm(c) <= kMinThreadsPerSm;
+    constexpr bool kPrefetch = c.prefetch;
     auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
                                 min_ctas_per_sm(c), kPrefetch>;
     const int64_t row_groups = ceil_div(p.rows, c.rows);
@@ -185,7 +183,7 @@ bool launch_backward_table(BackwardParams<T, W> p, int64_t row_bytes,
     constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
     constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
     constexpr int threads = cta_threads(c);
-    constexpr bool kPrefetch = threads * min_ctas_per_sm(c) <= kMinThreadsPerSm;
+    constexpr bool kPrefetch = c.prefetch;
     auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
                                 min_ctas_per_sm(c), kPrefetch>;
     const int64_t row_groups = ceil_div(p.rows, c.rows);
