@@ -46,11 +46,14 @@ inline bool clusters_supported() {
   return at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
+// Per-device cache of resident_groups(); each kernel instantiation owns one
+// (a static in its launcher), since kernels of one signature share a type.
+using ResidencyCache = std::array<int64_t, 64>;
+
 // How many CTAs (or clusters) of `kernel` are resident on the whole GPU at
-// once: the persistent grid size. Cached per kernel and device.
+// once: the persistent grid size.
 template <typename Kernel>
-int64_t resident_groups(Kernel kernel, int threads, int cluster) {
-  static std::array<int64_t, 64> cache{};
+int64_t resident_groups(Kernel kernel, int threads, int cluster, ResidencyCache& cache) {
   const int device = at::cuda::current_device();
   if (device < 64 && cache[device] > 0) return cache[device];
   int64_t groups = 0;
@@ -124,10 +127,11 @@ bool launch_forward_table(const ForwardParams<T, W>& p, int64_t row_bytes,
     constexpr int threads = cta_threads(c);
     constexpr bool kPrefetch = c.prefetch;
     auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                                min_ctas_per_sm(c), kPrefetch>;
+                                min_ctas_per_sm(c, kForwardMinThreadsPerSm), kPrefetch>;
     const int64_t row_groups = ceil_div(p.rows, c.rows);
+    static ResidencyCache cache{};
     const int64_t groups =
-        std::min(row_groups, resident_groups(kernel, threads, c.cluster));
+        std::min(row_groups, resident_groups(kernel, threads, c.cluster, cache));
     launch_kernel(kernel, groups, threads, c.cluster, p, stream);
     return true;
   }
@@ -185,10 +189,11 @@ bool launch_backward_table(BackwardParams<T, W> p, int64_t row_bytes,
     constexpr int threads = cta_threads(c);
     constexpr bool kPrefetch = c.prefetch;
     auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                                min_ctas_per_sm(c), kPrefetch>;
+                                min_ctas_per_sm(c, kBackwardMinThreadsPerSm), kPrefetch>;
     const int64_t row_groups = ceil_div(p.rows, c.rows);
+    static ResidencyCache cache{};
     const int64_t groups =
-        std::min(row_groups, resident_groups(kernel, threads, c.cluster));
+        std::min(row_groups, resident_groups(kernel, threads, c.cluster, cache));
     // One fp32 partial row of dweight and of dbias per CTA group.
     at::Tensor partials;
     const bool want_params = dw != nullptr || db != nullptr;
