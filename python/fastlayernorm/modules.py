@@ -6,6 +6,8 @@ from torch import Tensor
 
 from . import _library  # noqa: F401  (registers the ops)
 
+_LAYER_NORM = torch.ops.fastlayernorm.layer_norm.default
+
 
 class LayerNorm(torch.nn.LayerNorm):
     """:class:`torch.nn.LayerNorm` computed by fastlayernorm's kernels.
@@ -24,6 +26,12 @@ class LayerNorm(torch.nn.LayerNorm):
     __constants__ = list(torch.nn.LayerNorm.__constants__) + ["memory_efficient"]
 
     def forward(self, input: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            # Eager: call the overload directly (cheaper than the packet).
+            return _LAYER_NORM(
+                input, list(self.normalized_shape), self.weight, self.bias, self.eps,
+                self.memory_efficient,
+            )
         return torch.ops.fastlayernorm.layer_norm(
             input,
             list(self.normalized_shape),
