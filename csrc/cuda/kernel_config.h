@@ -56,12 +56,9 @@ inline constexpr KernelConfig kBackwardConfigs[] = {
     {64, 4, 16, 32, 1, true},      {128, 8, 16, 16, 1, true},
     {256, 16, 16, 8, 1, true},     {512, 32, 16, 4, 1, true},
     {1024, 32, 32, 4, 1, true},    {2048, 64, 32, 4, 1, true},
-    {4096, 128, 32, 2, 1, true},
-    // Long rows: more threads holding fewer bytes each, so the accumulators
-    // stay in registers at 1024 threads per SM.
-    {8192, 512, 16, 1, 1, true},   {16384, 1024, 16, 1, 1, true},
-    {32768, 1024, 16, 1, 2, true}, {65536, 1024, 16, 1, 4, true},
-    {131072, 1024, 16, 1, 8, true},
+    {4096, 128, 32, 2, 1, true},   {8192, 256, 32, 1, 1, true},
+    {16384, 512, 32, 1, 1, true},  {32768, 512, 32, 1, 2, true},
+    {65536, 512, 32, 1, 4, true},  {131072, 512, 32, 1, 8, true},
 };
 
 }  // namespace fastlayernorm::cuda
