@@ -126,15 +126,17 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       for (int i = 0; i < ITEMS; ++i) {
         const int col = (i * kRowThreads + thread_in_row) * VEC;
         if (col < n) {
-          Pack<T, VEC> out;
+          float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
             const float xh = x_hat_of(to_float(xv[i].v[k]), mean, rstd, wv[i],
                                       bv[i], k, has_w, has_b, p.from_output);
             const float g = to_float(gv[i].v[k]);
             const float wg = has_w ? g * to_float(wv[i].v[k]) : g;
-            out.v[k] = static_cast<T>((wg - (xh * c1 + c2)) * rstd);
+            v[k] = (wg - (xh * c1 + c2)) * rstd;
           }
+          Pack<T, VEC> out;
+          store_floats(out, v);
           store_pack(p.dx + offset + col, out);
         }
       }

@@ -6,6 +6,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -70,6 +72,36 @@ __device__ __forceinline__ void zero_pack(Pack<T, N>& p) {
 template <typename T>
 __device__ __forceinline__ float to_float(T v) {
   return static_cast<float>(v);
+}
+// bfloat16 is the top half of a float: a shift, written in plain C++ so the
+// compiler can redo it instead of keeping float copies of a row in registers
+// (c10's conversion goes through an intrinsic the compiler cannot remat;
+// with it the bf16 kernels spilled where the fp16 ones did not).
+template <>
+__device__ __forceinline__ float to_float(c10::BFloat16 v) {
+  return __uint_as_float(static_cast<uint32_t>(v.x) << 16);
+}
+
+// Writes float values into a pack of T, two at a time where the GPU has a
+// paired conversion (one cvt per two bf16/fp16 values instead of two).
+template <typename T, int N>
+__device__ __forceinline__ void store_floats(Pack<T, N>& out, const float (&v)[N]) {
+  if constexpr (N % 2 == 0 && std::is_same_v<T, c10::BFloat16>) {
+#pragma unroll
+    for (int k = 0; k < N; k += 2) {
+      const __nv_bfloat162 two = __floats2bfloat162_rn(v[k], v[k + 1]);
+      *reinterpret_cast<__nv_bfloat162*>(&out.v[k]) = two;
+    }
+  } else if constexpr (N % 2 == 0 && std::is_same_v<T, c10::Half>) {
+#pragma unroll
+    for (int k = 0; k < N; k += 2) {
+      const __half2 two = __floats2half2_rn(v[k], v[k + 1]);
+      *reinterpret_cast<__half2*>(&out.v[k]) = two;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) out.v[k] = static_cast<T>(v[k]);
+  }
 }
 
 // Sums of one or two values; the backward reduces two row sums at once.

@@ -89,14 +89,15 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           Pack<W, VEC> wv, bv;
           if (p.w) wv = load_pack<W, VEC>(p.w + col);
           if (p.b) bv = load_pack<W, VEC>(p.b + col);
-          Pack<T, VEC> out;
+          float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            float v = (to_float(xv[i].v[k]) - mean) * rstd;
-            if (p.w) v *= to_float(wv.v[k]);
-            if (p.b) v += to_float(bv.v[k]);
-            out.v[k] = static_cast<T>(v);
+            v[k] = (to_float(xv[i].v[k]) - mean) * rstd;
+            if (p.w) v[k] *= to_float(wv.v[k]);
+            if (p.b) v[k] += to_float(bv.v[k]);
           }
+          Pack<T, VEC> out;
+          store_floats(out, v);
           store_pack(p.y + offset + col, out);
         }
       }
