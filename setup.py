@@ -30,7 +30,9 @@ def sources(pattern: str):
 
 
 def extension():
-    cpp = [s for s in sources("csrc/**/*.cpp")]
+    # csrc/api/ is the LibTorch C++ API (built by CMakeLists.txt), not part of
+    # the Python extension.
+    cpp = [s for s in sources("csrc/**/*.cpp") if not s.startswith(os.path.join("csrc", "api") + os.sep)]
     # py_limited_api=True makes torch define Py_LIMITED_API: one abi3 wheel
     # serves every Python version (the module has no Python functions).
     define_macros = []

@@ -11,7 +11,7 @@
 #   FASTLAYERNORM_CPP_BUILD_DIR  build directory (default: build/cpp)
 #   FASTLAYERNORM_CPP_CUDA       1|0: force the CUDA kernels on or off
 #                                (default: on when CMake finds nvcc)
-#   CUDAARCHS                    GPU architectures (default: 80;90)
+#   CUDAARCHS                    GPU architectures (default: 80-real;90-real)
 #   FASTLAYERNORM_CPP_JOBS       parallel jobs (default: 2)
 #   FASTLAYERNORM_CMAKE_ARGS     extra arguments for the configure step
 set -euo pipefail
