@@ -26,13 +26,19 @@ __global__ void __launch_bounds__(kFallbackThreads)
     const T* xr = x + row * n;
     A sum = 0;
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) sum += static_cast<A>(xr[j]);
-    const A mean = reducer.sum(sum) / static_cast<A>(n);
-    A sq = 0;
+    const A mean0 = reducer.sum(sum) / static_cast<A>(n);
+    // Corrected two-pass, as in forward.cuh.
+    A sd = 0, sq = 0;
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) {
-      const A d = static_cast<A>(xr[j]) - mean;
+      const A d = static_cast<A>(xr[j]) - mean0;
+      sd += d;
       sq += d * d;
     }
-    const A rstd = A(1) / sqrt(reducer.sum(sq) / static_cast<A>(n) + eps);
+    sd = reducer.sum(sd);
+    sq = reducer.sum(sq);
+    const A mean = mean0 + sd / static_cast<A>(n);
+    const A var = (sq - sd * sd / static_cast<A>(n)) / static_cast<A>(n);
+    const A rstd = A(1) / sqrt((var > A(0) ? var : A(0)) + eps);
     T* yr = y + row * n;
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) {
       A v = (static_cast<A>(xr[j]) - mean) * rstd;

@@ -1,5 +1,5 @@
 // Forward LayerNorm kernel: a row lives in registers, read from memory once.
-//   mean = sum(x) / N, var = sum((x - mean)^2) / N  (exact two-pass, fp32)
+//   mean = sum(x) / N, var = sum((x - mean)^2) / N  (corrected two-pass, fp32)
 //   y = (x - mean) * rstd * w + b
 #pragma once
 
@@ -30,7 +30,7 @@ template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLU
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W> p) {
   constexpr int kRowThreads = TPR * CLUSTER;
-  using Reducer = RowReducer<TPR, ROWS, CLUSTER, float>;
+  using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
 
@@ -65,21 +65,29 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
       for (int k = 0; k < VEC; ++k) sum += to_float(xv[i].v[k]);
     }
-    const float mean = reducer.sum(sum) * inv_n;
+    const float mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
 
-    float sq = 0.f;
+    // Corrected two-pass: the deviations' sum corrects the rounding of the
+    // first mean (a constant row then gives x - mean = 0 exactly, not noise
+    // that rstd = 1/sqrt(eps) would amplify), and
+    //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
+    float2 dev = make_float2(0.f, 0.f);
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int col = (i * kRowThreads + thread_in_row) * VEC;
       if (col < n) {
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          const float d = to_float(xv[i].v[k]) - mean;
-          sq += d * d;
+          const float d = to_float(xv[i].v[k]) - mean0;
+          dev.x += d;
+          dev.y += d * d;
         }
       }
     }
-    const float rstd = rsqrtf(reducer.sum(sq) * inv_n + p.eps);
+    dev = reducer.sum(dev);
+    const float mean = mean0 + dev.x * inv_n;
+    const float var = fmaxf(dev.y - dev.x * dev.x * inv_n, 0.f) * inv_n;
+    const float rstd = rsqrtf(var + p.eps);
 
     if (row_ok) {
 #pragma unroll
