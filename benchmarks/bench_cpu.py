@@ -17,7 +17,8 @@ For each dtype it times, in the same process and with the same thread count
   input, fastlayernorm in float32).
 
 Each number is the median of ``--reps`` timed calls after ``--warmup`` calls,
-the two sides alternating call by call (fair under a changing machine load); the ratio is fastlayernorm / torch (the issue asks for <= 1.5).
+the two sides alternating call by call (fair under a changing machine load);
+the ratio is fastlayernorm / torch (the issue asks for <= 1.5).
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@
 // GCC it includes at::vec with CPU_CAPABILITY=AVX2 inside a
 // `#pragma GCC target("avx2,fma,f16c")` region, so Vectorized<float> is the
 // __m256 one. Code using it must be compiled in such a region too
-// (FASTLAYERNORM_BEGIN_AVX2 / FASTLAYERNORM_END_AVX2) and run only after
-// cpu_has_avx2() said yes; layer_norm_cpu.cpp compiles its row loops a second
-// time with the scalar lanes below for the other CPUs.
+// (FASTLAYERNORM_BEGIN_AVX2 / FASTLAYERNORM_END_AVX2) and run only where
+// vec_copy_usable() says so; layer_norm_cpu.cpp compiles its row loops a
+// second time with the scalar lanes below for the other CPUs.
 //
 // Elsewhere (aarch64: NEON; other compilers) at::vec is included as the build
 // configures it and is the only copy.
@@ -59,12 +59,29 @@
 #if defined(__GNUC__) && !defined(__clang__) && \
     (defined(__x86_64__) || defined(__i386__))
 #define FASTLAYERNORM_CPU_AVX2 1
-#define FASTLAYERNORM_BEGIN_AVX2 \
-  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
-#define FASTLAYERNORM_END_AVX2 _Pragma("GCC pop_options")
+// fp-contract=off: every product is rounded as written, not fused into an FMA
+// where the compiler sees fit. The row loops compute dy * w in two passes and
+// rely on getting the same value (e.g. dx == 0 exactly for one-element rows);
+// and results do not depend on which gradients were asked for.
+// -Wpsabi: notes that __m256 arguments pass differently without AVX.
+#define FASTLAYERNORM_BEGIN_AVX2                                      \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")") \
+      _Pragma("GCC optimize(\"fp-contract=off\")")                   \
+          _Pragma("GCC diagnostic push")                              \
+              _Pragma("GCC diagnostic ignored \"-Wpsabi\"")
+#define FASTLAYERNORM_END_AVX2 \
+  _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
 #else
 #define FASTLAYERNORM_BEGIN_AVX2
 #define FASTLAYERNORM_END_AVX2
+#endif
+
+// On a row function: inline everything it calls (the lambdas given to
+// for_each_vector included), so each pass over a row is one loop.
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTLAYERNORM_FLATTEN __attribute__((flatten))
+#else
+#define FASTLAYERNORM_FLATTEN
 #endif
 
 #ifdef FASTLAYERNORM_CPU_AVX2
@@ -84,6 +101,23 @@ using acc_t = at::opmath_type<T>;
 
 // Everything from here to FASTLAYERNORM_END_AVX2 is compiled for AVX2.
 FASTLAYERNORM_BEGIN_AVX2
+
+#ifdef FASTLAYERNORM_CPU_AVX2
+// sleef.h, which at::vec's AVX2 headers include, declares its 256-bit
+// functions only #ifdef __AVX__, and g++ (unlike gcc) does not define __AVX__
+// inside a target pragma region: include it first with the macro set for it.
+#ifndef __AVX__
+#define __AVX__ 1
+#define FASTLAYERNORM_UNDEF_AVX
+#endif
+#define SLEEF_STATIC_LIBS
+#include <sleef.h>
+#ifdef FASTLAYERNORM_UNDEF_AVX
+#undef __AVX__
+#undef FASTLAYERNORM_UNDEF_AVX
+#endif
+#endif
+
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -114,7 +148,7 @@ constexpr bool is_reduced_v = at::vec::is_reduced_floating_point_v<T>;
 // Loads n <= kLanes elements (lanes past n are zero) in the accumulation
 // type. Half/bfloat16 are widened to float on load: no arithmetic in 16 bits.
 template <typename T>
-inline Vec<acc_t<T>> load(const T* p, int64_t n = kLanes<acc_t<T>>) {
+C10_ALWAYS_INLINE Vec<acc_t<T>> load(const T* p, int64_t n = kLanes<acc_t<T>>) {
   using V = Vec<acc_t<T>>;
   if constexpr (is_reduced_v<T>) {
     if (n == V::size()) {
@@ -131,10 +165,11 @@ inline Vec<acc_t<T>> load(const T* p, int64_t n = kLanes<acc_t<T>>) {
 
 // Stores the first n lanes of v as T (rounded to nearest even for 16 bits).
 template <typename T>
-inline void store(T* p, const Vec<acc_t<T>>& v, int64_t n = kLanes<acc_t<T>>) {
+C10_ALWAYS_INLINE void store(T* p, const Vec<acc_t<T>>& v, int64_t n = kLanes<acc_t<T>>) {
   if constexpr (is_reduced_v<T>) {
     // convert_from_float packs two float vectors into one 16-bit vector; the
-    // first n lanes written are those of the first.
+    // first n lanes written are those of the first. (Always inlined: with n
+    // a constant the partial store is one move, not a memcpy call.)
     at::vec::convert_from_float<T>(v, v).store(p, n);
   } else if (n == Vec<acc_t<T>>::size()) {
     v.store(p);
@@ -146,7 +181,7 @@ inline void store(T* p, const Vec<acc_t<T>>& v, int64_t n = kLanes<acc_t<T>>) {
 // v with the lanes at and past n zeroed: a partial vector must not add the
 // garbage of its unused lanes (e.g. 0/0 from a zero-filled weight) to a sum.
 template <typename A>
-inline Vec<A> first_lanes(const Vec<A>& v, int64_t n) {
+C10_ALWAYS_INLINE Vec<A> first_lanes(const Vec<A>& v, int64_t n) {
   return n == Vec<A>::size() ? v : Vec<A>::set(Vec<A>(A(0)), v, n);
 }
 
@@ -159,6 +194,8 @@ inline A reduce_sum(const Vec<A>& v) {
 
 }  // namespace vec_lanes
 }  // namespace fastlayernorm::cpu
+
+FASTLAYERNORM_END_AVX2
 
 namespace fastlayernorm::cpu {
 
