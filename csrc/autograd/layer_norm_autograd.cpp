@@ -79,8 +79,8 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
   }
 };
 
-// fastlayernorm::layer_norm_fwd is differentiable in all three outputs, as
-// aten::native_layer_norm is: the gradients reaching mean and rstd add
+// fastlayernorm::layer_norm_fwd is differentiable in all three outputs (so a
+// caller may use mean and rstd in a loss): the gradients reaching them add
 //   d/dx = g_mean / N - g_rstd * rstd^2 * x_hat / N   (x_hat = (x-mean)*rstd).
 class LayerNormFwdFunction
     : public torch::autograd::Function<LayerNormFwdFunction> {

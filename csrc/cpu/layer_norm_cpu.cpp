@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../layer_norm.h"
+#include "../backend_ops.h"
 
 // See parallel_for below.
 #if AT_PARALLEL_OPENMP && !defined(_OPENMP) && \
@@ -252,39 +252,10 @@ void backward_kernel(const BackwardArgs& a) {
   dispatch_types<Backward>(a, a.weight.defined() ? a.weight : a.bias);
 }
 
-TensorTriple layer_norm_fwd_cpu(const Tensor& input,
-                                c10::SymIntArrayRef normalized_shape,
-                                const std::optional<Tensor>& weight,
-                                const std::optional<Tensor>& bias, double eps) {
-  return run_forward(input, normalized_shape, weight, bias, eps,
-                     &forward_kernel);
-}
-
-TensorTriple layer_norm_bwd_cpu(const Tensor& grad_out, const Tensor& input,
-                                c10::SymIntArrayRef normalized_shape,
-                                const Tensor& mean, const Tensor& rstd,
-                                const std::optional<Tensor>& weight,
-                                const std::optional<Tensor>& bias,
-                                std::array<bool, 3> output_mask) {
-  return run_backward(grad_out, input, normalized_shape, mean, rstd, weight,
-                      bias, output_mask, &backward_kernel);
-}
-
-TensorTriple layer_norm_bwd_from_output_cpu(
-    const Tensor& grad_out, const Tensor& output,
-    c10::SymIntArrayRef normalized_shape, const Tensor& rstd,
-    const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-    std::array<bool, 3> output_mask) {
-  return run_backward(grad_out, output, normalized_shape, std::nullopt, rstd,
-                      weight, bias, output_mask, &backward_kernel);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastlayernorm, CPU, m) {
-  m.impl("layer_norm_fwd", &layer_norm_fwd_cpu);
-  m.impl("layer_norm_bwd", &layer_norm_bwd_cpu);
-  m.impl("layer_norm_bwd_from_output", &layer_norm_bwd_from_output_cpu);
+  impl_backend_ops<&forward_kernel, &backward_kernel>(m);
 }
 
 }  // namespace fastlayernorm

@@ -107,6 +107,15 @@ void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster,
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The persistent grid for table entry c: as many CTA groups as are resident
+// at once, or fewer when there are fewer rows. `cache` is the launcher's own.
+template <typename Kernel>
+int64_t persistent_groups(Kernel kernel, const KernelConfig& c, int64_t rows,
+                          ResidencyCache& cache) {
+  return std::min(ceil_div(rows, c.rows),
+                  resident_groups(kernel, cta_threads(c), c.cluster, cache));
+}
+
 // ---- forward ---------------------------------------------------------------
 
 // Launches table entry I (or a later one) for this row size; false when the
@@ -128,10 +137,8 @@ bool launch_forward_table(const ForwardParams<T, W>& p, int64_t row_bytes,
     constexpr bool kPrefetch = c.prefetch;
     auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
                                 min_ctas_per_sm(c, kForwardMinThreadsPerSm), kPrefetch>;
-    const int64_t row_groups = ceil_div(p.rows, c.rows);
     static ResidencyCache cache{};
-    const int64_t groups =
-        std::min(row_groups, resident_groups(kernel, threads, c.cluster, cache));
+    const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
     launch_kernel(kernel, groups, threads, c.cluster, p, stream);
     return true;
   }
@@ -190,10 +197,8 @@ bool launch_backward_table(BackwardParams<T, W> p, int64_t row_bytes,
     constexpr bool kPrefetch = c.prefetch;
     auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
                                 min_ctas_per_sm(c, kBackwardMinThreadsPerSm), kPrefetch>;
-    const int64_t row_groups = ceil_div(p.rows, c.rows);
     static ResidencyCache cache{};
-    const int64_t groups =
-        std::min(row_groups, resident_groups(kernel, threads, c.cluster, cache));
+    const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
     // One fp32 partial row of dweight and of dbias per CTA group.
     at::Tensor partials;
     const bool want_params = dw != nullptr || db != nullptr;

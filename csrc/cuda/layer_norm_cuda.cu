@@ -3,7 +3,7 @@
 // kernel_config.h, the launch logic in launch.cuh.
 #include <torch/library.h>
 
-#include "../layer_norm.h"
+#include "../backend_ops.h"
 #include "launchers.h"
 
 namespace fastlayernorm {
@@ -44,38 +44,10 @@ void dispatch_types(const Args& a) {
 void forward_kernel(const ForwardArgs& a) { dispatch_types<ForwardLauncher>(a); }
 void backward_kernel(const BackwardArgs& a) { dispatch_types<BackwardLauncher>(a); }
 
-TensorTriple layer_norm_fwd_cuda(const Tensor& input,
-                                 c10::SymIntArrayRef normalized_shape,
-                                 const std::optional<Tensor>& weight,
-                                 const std::optional<Tensor>& bias, double eps) {
-  return run_forward(input, normalized_shape, weight, bias, eps, &forward_kernel);
-}
-
-TensorTriple layer_norm_bwd_cuda(const Tensor& grad_out, const Tensor& input,
-                                 c10::SymIntArrayRef normalized_shape,
-                                 const Tensor& mean, const Tensor& rstd,
-                                 const std::optional<Tensor>& weight,
-                                 const std::optional<Tensor>& bias,
-                                 std::array<bool, 3> output_mask) {
-  return run_backward(grad_out, input, normalized_shape, mean, rstd, weight,
-                      bias, output_mask, &backward_kernel);
-}
-
-TensorTriple layer_norm_bwd_from_output_cuda(
-    const Tensor& grad_out, const Tensor& output,
-    c10::SymIntArrayRef normalized_shape, const Tensor& rstd,
-    const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-    std::array<bool, 3> output_mask) {
-  return run_backward(grad_out, output, normalized_shape, std::nullopt, rstd,
-                      weight, bias, output_mask, &backward_kernel);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastlayernorm, CUDA, m) {
-  m.impl("layer_norm_fwd", &layer_norm_fwd_cuda);
-  m.impl("layer_norm_bwd", &layer_norm_bwd_cuda);
-  m.impl("layer_norm_bwd_from_output", &layer_norm_bwd_from_output_cuda);
+  impl_backend_ops<&forward_kernel, &backward_kernel>(m);
 }
 
 }  // namespace fastlayernorm
