@@ -116,32 +116,36 @@ int64_t persistent_groups(Kernel kernel, const KernelConfig& c, int64_t rows,
                   resident_groups(kernel, cta_threads(c), c.cluster, cache));
 }
 
-// ---- forward ---------------------------------------------------------------
-
-// Launches table entry I (or a later one) for this row size; false when the
-// row is larger than every entry usable on this GPU.
-template <typename T, typename W, bool kVectorized, size_t I = 0>
-bool launch_forward_table(const ForwardParams<T, W>& p, int64_t row_bytes,
-                          bool clusters_ok, cudaStream_t stream) {
-  if constexpr (I == std::size(kForwardConfigs)) {
+// Calls launch(std::integral_constant<size_t, I>{}) for the first entry I of
+// kTable whose rows hold row_bytes. False when no entry does, or when it needs
+// clusters this GPU lacks: the caller then takes the fallback kernels.
+template <const auto& kTable, size_t I = 0, typename Launch>
+bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
+  if constexpr (I == std::size(kTable)) {
     return false;
   } else {
-    constexpr KernelConfig c = kForwardConfigs[I];
-    if (row_bytes > c.max_row_bytes) {
-      return launch_forward_table<T, W, kVectorized, I + 1>(p, row_bytes, clusters_ok, stream);
+    if (row_bytes > kTable[I].max_row_bytes) {
+      return dispatch_table<kTable, I + 1>(row_bytes, clusters_ok, launch);
     }
-    if (c.cluster > 1 && !clusters_ok) return false;
-    constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
-    constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
-    constexpr int threads = cta_threads(c);
-    constexpr bool kPrefetch = c.prefetch;
-    auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                                min_ctas_per_sm(c, kForwardMinThreadsPerSm), kPrefetch>;
-    static ResidencyCache cache{};
-    const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
-    launch_kernel(kernel, groups, threads, c.cluster, p, stream);
+    if (kTable[I].cluster > 1 && !clusters_ok) return false;
+    launch(std::integral_constant<size_t, I>{});
     return true;
   }
+}
+
+// ---- forward ---------------------------------------------------------------
+
+// Launches table entry `Index` of the forward table.
+template <typename T, typename W, bool kVectorized, typename Index>
+void launch_forward_entry(Index, const ForwardParams<T, W>& p, cudaStream_t stream) {
+  constexpr KernelConfig c = kForwardConfigs[Index::value];
+  constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
+  constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
+  auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
+                              min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.prefetch>;
+  static ResidencyCache cache{};
+  const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
+  launch_kernel(kernel, groups, cta_threads(c), c.cluster, p, stream);
 }
 
 template <typename T, typename W>
@@ -163,8 +167,13 @@ void launch_forward(const ForwardArgs& a) {
                                 static_cast<float>(a.eps)};
     const int64_t row_bytes = a.cols * static_cast<int64_t>(sizeof(T));
     const bool vec = vectorizable<T>(a.cols, {&a.input, &a.output, &a.weight, &a.bias});
-    const bool done = vec ? launch_forward_table<T, W, true>(p, row_bytes, clusters_supported(), stream)
-                          : launch_forward_table<T, W, false>(p, row_bytes, clusters_supported(), stream);
+    const bool done = dispatch_table<kForwardConfigs>(row_bytes, clusters_supported(), [&](auto entry) {
+      if (vec) {
+        launch_forward_entry<T, W, true>(entry, p, stream);
+      } else {
+        launch_forward_entry<T, W, false>(entry, p, stream);
+      }
+    });
     if (done) return;
   }
   const int64_t grid = std::min<int64_t>(
@@ -178,44 +187,33 @@ void launch_forward(const ForwardArgs& a) {
 
 // ---- backward --------------------------------------------------------------
 
-template <typename T, typename W, bool kVectorized, size_t I = 0>
-bool launch_backward_table(BackwardParams<T, W> p, int64_t row_bytes,
-                           bool clusters_ok, const at::TensorOptions& float_options,
+// Launches table entry `Index` of the backward table, then the dweight/dbias
+// finalize kernel over its partial rows.
+template <typename T, typename W, bool kVectorized, typename Index>
+void launch_backward_entry(Index, BackwardParams<T, W> p, const at::TensorOptions& float_options,
                            W* dw, W* db, cudaStream_t stream) {
-  if constexpr (I == std::size(kBackwardConfigs)) {
-    return false;
-  } else {
-    constexpr KernelConfig c = kBackwardConfigs[I];
-    if (row_bytes > c.max_row_bytes) {
-      return launch_backward_table<T, W, kVectorized, I + 1>(
-          p, row_bytes, clusters_ok, float_options, dw, db, stream);
-    }
-    if (c.cluster > 1 && !clusters_ok) return false;
-    constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
-    constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
-    constexpr int threads = cta_threads(c);
-    constexpr bool kPrefetch = c.prefetch;
-    auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                                min_ctas_per_sm(c, kBackwardMinThreadsPerSm), kPrefetch>;
-    static ResidencyCache cache{};
-    const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
-    // One fp32 partial row of dweight and of dbias per CTA group.
-    at::Tensor partials;
-    const bool want_params = dw != nullptr || db != nullptr;
-    if (want_params) {
-      partials = at::empty({2, groups, p.cols}, float_options);
-      p.part_dw = partials.mutable_data_ptr<float>();
-      p.part_db = p.part_dw + groups * p.cols;
-    }
-    launch_kernel(kernel, groups, threads, c.cluster, p, stream);
-    if (want_params) {
-      const dim3 block(kFinalizeCols, kFinalizeSlices);
-      const auto grid = static_cast<unsigned>(ceil_div(p.cols, kFinalizeCols));
-      ln_dwdb_finalize_kernel<W><<<grid, block, 0, stream>>>(
-          p.part_dw, p.part_db, groups, p.cols, dw, db);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    return true;
+  constexpr KernelConfig c = kBackwardConfigs[Index::value];
+  constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
+  constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
+  auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
+                              min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.prefetch>;
+  static ResidencyCache cache{};
+  const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
+  // One fp32 partial row of dweight and of dbias per CTA group.
+  at::Tensor partials;
+  const bool want_params = dw != nullptr || db != nullptr;
+  if (want_params) {
+    partials = at::empty({2, groups, p.cols}, float_options);
+    p.part_dw = partials.mutable_data_ptr<float>();
+    p.part_db = p.part_dw + groups * p.cols;
+  }
+  launch_kernel(kernel, groups, cta_threads(c), c.cluster, p, stream);
+  if (want_params) {
+    const dim3 block(kFinalizeCols, kFinalizeSlices);
+    const auto grid = static_cast<unsigned>(ceil_div(p.cols, kFinalizeCols));
+    ln_dwdb_finalize_kernel<W><<<grid, block, 0, stream>>>(p.part_dw, p.part_db, groups,
+                                                           p.cols, dw, db);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
@@ -247,9 +245,13 @@ void launch_backward(const BackwardArgs& a) {
         a.cols, {&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias});
     const auto float_options = a.input.options().dtype(at::kFloat);
     const bool clusters_ok = clusters_supported();
-    const bool done =
-        vec ? launch_backward_table<T, W, true>(p, row_bytes, clusters_ok, float_options, dw, db, stream)
-            : launch_backward_table<T, W, false>(p, row_bytes, clusters_ok, float_options, dw, db, stream);
+    const bool done = dispatch_table<kBackwardConfigs>(row_bytes, clusters_ok, [&](auto entry) {
+      if (vec) {
+        launch_backward_entry<T, W, true>(entry, p, float_options, dw, db, stream);
+      } else {
+        launch_backward_entry<T, W, false>(entry, p, float_options, dw, db, stream);
+      }
+    });
     if (done) return;
   }
   const W* w = ptr_or_null<W>(a.weight);
