@@ -46,6 +46,27 @@ inline bool clusters_supported() {
   return at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
+// A launch configuration with a cluster dimension; the config points at the
+// attribute beside it, so it is neither copied nor moved.
+struct ClusterLaunchConfig {
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attr{};
+
+  ClusterLaunchConfig(int64_t ctas, int threads, int cluster, cudaStream_t stream) {
+    config.gridDim = dim3(static_cast<unsigned>(ctas));
+    config.blockDim = dim3(threads);
+    config.stream = stream;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = cluster;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+  }
+  ClusterLaunchConfig(const ClusterLaunchConfig&) = delete;
+  ClusterLaunchConfig& operator=(const ClusterLaunchConfig&) = delete;
+};
+
 // Per-device cache of resident_groups(); each kernel instantiation owns one
 // (a static in its launcher), since kernels of one signature share a type.
 using ResidencyCache = std::array<int64_t, 64>;
@@ -63,18 +84,9 @@ int64_t resident_groups(Kernel kernel, int threads, int cluster, ResidencyCache&
     groups = static_cast<int64_t>(per_sm) *
              at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   } else {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(cluster);
-    config.blockDim = dim3(threads);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = cluster;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
+    const ClusterLaunchConfig one_cluster(cluster, threads, cluster, nullptr);
     int clusters = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config));
     groups = clusters;
   }
   TORCH_CHECK(groups > 0, "fastlayernorm: a LayerNorm kernel (", threads,
@@ -91,18 +103,8 @@ void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(groups * cluster));
-  config.blockDim = dim3(threads);
-  config.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = cluster;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+  const ClusterLaunchConfig launch(groups * cluster, threads, cluster, stream);
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, params));
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
