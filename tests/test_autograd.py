@@ -82,6 +82,15 @@ def test_opcheck_backward_ops(device, dtype, shape, normalized_shape, mask, affi
 # --------------------------------------------------------------------------------------
 
 
+def _unpack(ts, w, b):
+    """(x, weight, bias) from gradcheck's inputs, which leave out absent parameters."""
+    it = iter(ts)
+    x = next(it)
+    ww = next(it) if w is not None else None
+    bb = next(it) if b is not None else None
+    return x, ww, bb
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,normalized_shape", [((3, 7), [7]), ((2, 3, 4, 5), [4, 5]), ((5, 1), [1])], ids=str)
 @pytest.mark.parametrize("affine", ["wb", "w", "b", "none"])
@@ -93,10 +102,7 @@ def test_gradcheck_layer_norm(device, shape, normalized_shape, affine, memory_ef
     inputs = tuple(t for t in (x, w, b) if t is not None)
 
     def fn(*ts):
-        it = iter(ts)
-        xx = next(it)
-        ww = next(it) if w is not None else None
-        bb = next(it) if b is not None else None
+        xx, ww, bb = _unpack(ts, w, b)
         return fastlayernorm.layer_norm(xx, normalized_shape, ww, bb, 1e-3, memory_efficient=memory_efficient)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -106,16 +112,12 @@ def test_gradcheck_layer_norm(device, shape, normalized_shape, affine, memory_ef
 @pytest.mark.parametrize("shape,normalized_shape", [((3, 7), [7]), ((2, 3, 4, 5), [4, 5])], ids=str)
 @pytest.mark.parametrize("affine", ["wb", "none"])
 def test_gradcheck_layer_norm_fwd(device, shape, normalized_shape, affine):
-    """layer_norm_fwd is differentiable in all three outputs (output, mean, rstd), like
-    aten::native_layer_norm."""
+    """layer_norm_fwd is differentiable in all three outputs (output, mean, rstd)."""
     x, w, b = _args(shape, normalized_shape, torch.float64, device, "w" in affine, "b" in affine, True)
     inputs = tuple(t for t in (x, w, b) if t is not None)
 
     def fn(*ts):
-        it = iter(ts)
-        xx = next(it)
-        ww = next(it) if w is not None else None
-        bb = next(it) if b is not None else None
+        xx, ww, bb = _unpack(ts, w, b)
         return ops.layer_norm_fwd(xx, normalized_shape, ww, bb, 1e-3)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -98,6 +98,16 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const float mean = (row_ok && !p.from_output) ? p.mean[row] : 0.f;
     const float rstd = row_ok ? p.rstd[row] : 0.f;
 
+    // x_hat, dy and w*dy of element k of pack i. Computed again for dx
+    // rather than kept: the row would otherwise need 3 floats per element
+    // in registers across the reduction.
+    auto element = [&](int i, int k, float& xh, float& g, float& wg) {
+      xh = x_hat_of(to_float(xv[i].v[k]), mean, rstd, wv[i], bv[i], k, has_w, has_b,
+                    p.from_output);
+      g = to_float(gv[i].v[k]);
+      wg = has_w ? g * to_float(wv[i].v[k]) : g;
+    };
+
     float2 sums = make_float2(0.f, 0.f);  // (sum w*dy*x_hat, sum w*dy)
     if (row_ok) {
 #pragma unroll
@@ -106,10 +116,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         if (col < n) {
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            const float xh = x_hat_of(to_float(xv[i].v[k]), mean, rstd, wv[i],
-                                      bv[i], k, has_w, has_b, p.from_output);
-            const float g = to_float(gv[i].v[k]);
-            const float wg = has_w ? g * to_float(wv[i].v[k]) : g;
+            float xh, g, wg;
+            element(i, k, xh, g, wg);
             sums.x += wg * xh;
             sums.y += wg;
             dw_acc[i][k] += g * xh;
@@ -129,10 +137,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            const float xh = x_hat_of(to_float(xv[i].v[k]), mean, rstd, wv[i],
-                                      bv[i], k, has_w, has_b, p.from_output);
-            const float g = to_float(gv[i].v[k]);
-            const float wg = has_w ? g * to_float(wv[i].v[k]) : g;
+            float xh, g, wg;
+            element(i, k, xh, g, wg);
             v[k] = (wg - (xh * c1 + c2)) * rstd;
           }
           Pack<T, VEC> out;
