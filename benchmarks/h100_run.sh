@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: build, CUDA tests, compute-sanitizer,
 # benchmark — whichever stages are named (default: all). Logs go to $OUT.
-#   bash benchmarks/h100_run.sh build test sanitize bench
+#   bash benchmarks/h100_run.sh build test sanitize cpp bench
 # Wheels missing on that machine (expecttest, liger-kernel, peft) travel in
 # .whl/ (see docs/development.md).
 set -u
@@ -61,6 +61,12 @@ except RuntimeError as e:
           python3 benchmarks/sanitize_shapes.py > "$OUT/sanitizer_$tool.log" 2>&1
         note "compute-sanitizer $tool rc=$? : $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
       done
+      ;;
+    cpp)
+      # The LibTorch build and its ctest suite (CUDA cases included here).
+      PYTHON=python3 CUDAARCHS=90-real FASTLAYERNORM_CPP_JOBS=16 \
+        FASTLAYERNORM_CPP_BUILD_DIR=/tmp/fastlayernorm-cpp bash .ci/cpp.sh > "$OUT/cpp.log" 2>&1
+      note "cpp rc=$? : $(grep -E 'tests passed|tests failed' "$OUT/cpp.log" | tail -1) ($(( $(date +%s) - start ))s)"
       ;;
     bench)
       python3 -m benchmarks.bench_layernorm --out h100 > "$OUT/bench.log" 2>&1
