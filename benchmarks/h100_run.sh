@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: build, CUDA tests, compute-sanitizer,
 # benchmark — whichever stages are named (default: all). Logs go to $OUT.
-#   bash benchmarks/h100_run.sh build test sanitize cpp bench
+#   bash benchmarks/h100_run.sh build test sanitize cpp tune bench
 # Wheels missing on that machine (expecttest, liger-kernel, peft) travel in
 # .whl/ (see docs/development.md).
 set -u
@@ -14,8 +14,10 @@ summary="$OUT/summary.txt"
 note() { echo "$*" | tee -a "$summary"; }
 
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  # Once per machine (several invocations may run side by side).
+  [ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; }
+  export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
   --format=csv > "$OUT/gpu.txt" 2>&1
@@ -59,8 +61,20 @@ except RuntimeError as e:
       for tool in memcheck racecheck; do
         compute-sanitizer --tool $tool --error-exitcode 9 \
           python3 benchmarks/sanitize_shapes.py > "$OUT/sanitizer_$tool.log" 2>&1
-        note "compute-sanitizer $tool rc=$? : $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
+        note "compute-sanitizer $tool rc=$? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
       done
+      ;;
+    tune-build)
+      # Compiles the sweep's kernels (CPU only: can overlap the tests).
+      MAX_JOBS=16 python3 benchmarks/tune_kernels.py --build-only ${TUNE_ARGS:-} \
+        > "$OUT/tune_build.log" 2>&1
+      note "tune-build rc=$? ($(( $(date +%s) - start ))s)"
+      ;;
+    tune)
+      # Kernel-configuration sweep (benchmarks/tune_kernels.py).
+      MAX_JOBS=16 timeout ${TUNE_TIMEOUT:-420} python3 benchmarks/tune_kernels.py \
+        --out "$OUT/tune.json" ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1
+      note "tune rc=$? ($(( $(date +%s) - start ))s): $(grep -c '%' "$OUT/tune.log") lines"
       ;;
     cpp)
       # The LibTorch build and its ctest suite (CUDA cases included here).

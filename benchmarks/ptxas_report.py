@@ -1,4 +1,4 @@
-"""Summarizes `-Xptxas=-v` output of a build log: registers, stack and spills
+"""Summarizes `-Xptxas=-v` output of build logs (one or more paths): registers, stack and spills
 per kernel (readable names), for docs/kernels.md."""
 import re
 import sys
@@ -13,15 +13,23 @@ def demangle_args(name: str) -> str:
     label = kind.group(1) if kind else name[:40]
     if len(ints) >= 6:
         vec, items, tpr, rows, cluster, min_ctas = ints[:6]
+        # The trailing bool template arguments: prefetch, then (backward)
+        # from_output, then shifted.
+        flags = re.findall(r"Lb([01])E", name)
+        names = (["prefetch", "shifted"] if "fwd" in label else
+                 ["prefetch", "from_output", "shifted"])
+        on = [n for n, f in zip(names, flags) if f == "1"]
         return (f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} tpr={tpr} "
-                f"rows={rows} cluster={cluster} min_ctas={min_ctas}>")
+                f"rows={rows} cluster={cluster} min_ctas={min_ctas}"
+                f"{' ' + ','.join(on) if on else ''}>")
     return f"{label}<{t}{'+' + w32 if w32 else ''}>"
 
 
-def main(path: str) -> None:
+def main(paths) -> None:
     cur, arch, stack, spill_st, spill_ld = None, None, "0", "0", "0"
     rows = []
-    for line in open(path, errors="replace"):
+    lines = [line for path in paths for line in open(path, errors="replace")]
+    for line in lines:
         m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+a?)'", line)
         if m:
             cur, arch = m.group(1), m.group(2)
@@ -42,4 +50,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

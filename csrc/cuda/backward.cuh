@@ -16,32 +16,27 @@ namespace fastlayernorm::cuda {
 template <typename T, typename W>
 struct BackwardParams {
   const T* dy;
-  const T* x;  // the forward's input, or its output when from_output
-  const float* mean;  // null when from_output
+  const T* x;  // the forward's input, or its output (FROM_OUTPUT kernels)
+  const float* mean;  // null for FROM_OUTPUT kernels
   const float* rstd;
-  const W* w;  // may be null
-  const W* b;  // may be null; read only when from_output
+  const W* w;  // may be null; 16-byte aligned
+  const W* b;  // may be null; read by FROM_OUTPUT kernels only
   T* dx;       // may be null (grad_input not requested)
   float* part_dw;  // [partial rows, cols], null when no parameter grads
   float* part_db;
   int64_t rows;
   int cols;
-  bool from_output;
 };
 
-template <typename W, int VEC>
-__device__ __forceinline__ float x_hat_of(float x, float mean, float rstd,
-                                          const Pack<W, VEC>& wv,
-                                          const Pack<W, VEC>& bv, int k,
-                                          bool has_w, bool has_b,
-                                          bool from_output) {
-  if (!from_output) return (x - mean) * rstd;
-  float v = has_b ? x - to_float(bv.v[k]) : x;
-  return has_w ? v / to_float(wv.v[k]) : v;
-}
-
+// FROM_OUTPUT: x holds the forward's output y and x_hat = (y - b) / w is
+// rebuilt from it (memory-saving mode); otherwise x_hat = (x - mean) * rstd.
+// Rows as in the forward (group g of G takes rows g, g + G, ...). A thread's
+// columns must be the same in all its rows (weight and accumulators are
+// kept per column): with rows that are not a whole number of 16-byte chunks
+// the launcher makes G a multiple of VEC, so all rows of a CTA start at the
+// same offset from a 16-byte boundary.
 template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
-          int MIN_CTAS, bool PREFETCH>
+          int MIN_CTAS, bool PREFETCH, bool FROM_OUTPUT, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W> p) {
   constexpr int kThreads = TPR * ROWS;
@@ -53,21 +48,25 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int slot = threadIdx.x / TPR;
   const int lane = threadIdx.x % TPR;
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + lane;
+  const int64_t groups = gridDim.x / CLUSTER;
   const int64_t group = blockIdx.x / CLUSTER;
-  const int64_t stride = static_cast<int64_t>(gridDim.x / CLUSTER) * ROWS;
+  const int64_t stride = groups * ROWS;
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
   const bool has_w = p.w != nullptr, has_b = p.b != nullptr;
   const bool want_params = p.part_dw != nullptr;
+  const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
 
   // The thread's columns are the same in every row: weight (and bias, when
-  // rebuilding from the output) are loaded once.
+  // rebuilding from the output) are loaded once, kept packed (zeros outside).
   Pack<W, VEC> wv[ITEMS], bv[ITEMS];
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
-    const int col = (i * kRowThreads + thread_in_row) * VEC;
-    if (has_w && col < n) wv[i] = load_pack<W, VEC>(p.w + col);
-    if (p.from_output && has_b && col < n) bv[i] = load_pack<W, VEC>(p.b + col);
+    const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+    zero_pack(wv[i]);
+    zero_pack(bv[i]);
+    if (has_w) wv[i] = load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0);
+    if (FROM_OUTPUT && has_b) bv[i] = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
   }
 
   float dw_acc[ITEMS][VEC], db_acc[ITEMS][VEC];
@@ -77,54 +76,61 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     for (int k = 0; k < VEC; ++k) dw_acc[i][k] = db_acc[i][k] = 0.f;
   }
 
+  // x and dy of the row are widened once (x to x_hat, dy to w*dy); with
+  // PREFETCH the packs then receive the next row.
   Pack<T, VEC> xv[ITEMS], gv[ITEMS];
-  int64_t row = group * ROWS + slot;
+  int64_t row = slot * groups + group;
   if constexpr (PREFETCH) {
-    load_row(xv, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n);
-    load_row(gv, p.dy + row * n, row < p.rows, thread_in_row, kRowThreads, n);
+    load_row<SHIFTED>(xv, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n, shift);
+    load_row<SHIFTED>(gv, p.dy + row * n, row < p.rows, thread_in_row, kRowThreads, n, shift);
   }
-  for (int64_t base = group * ROWS; base < p.rows; base += stride, row += stride) {
+  for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    Pack<T, VEC> x_next[ITEMS], g_next[ITEMS];
-    if constexpr (PREFETCH) {
-      const bool next_ok = row + stride < p.rows;
-      load_row(x_next, p.x + offset + stride * n, next_ok, thread_in_row, kRowThreads, n);
-      load_row(g_next, p.dy + offset + stride * n, next_ok, thread_in_row, kRowThreads, n);
-    } else {
-      load_row(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n);
-      load_row(gv, p.dy + offset, row_ok, thread_in_row, kRowThreads, n);
+    if constexpr (!PREFETCH) {
+      load_row<SHIFTED>(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
+      load_row<SHIFTED>(gv, p.dy + offset, row_ok, thread_in_row, kRowThreads, n, shift);
     }
-    const float mean = (row_ok && !p.from_output) ? p.mean[row] : 0.f;
+    const float mean = (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
     const float rstd = row_ok ? p.rstd[row] : 0.f;
 
-    // x_hat, dy and w*dy of element k of pack i. Computed again for dx
-    // rather than kept: the row would otherwise need 3 floats per element
-    // in registers across the reduction.
-    auto element = [&](int i, int k, float& xh, float& g, float& wg) {
-      xh = x_hat_of(to_float(xv[i].v[k]), mean, rstd, wv[i], bv[i], k, has_w, has_b,
-                    p.from_output);
-      g = to_float(gv[i].v[k]);
-      wg = has_w ? g * to_float(wv[i].v[k]) : g;
-    };
-
+    float xh[ITEMS][VEC], wg[ITEMS][VEC];
     float2 sums = make_float2(0.f, 0.f);  // (sum w*dy*x_hat, sum w*dy)
-    if (row_ok) {
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        const int col = (i * kRowThreads + thread_in_row) * VEC;
-        if (col < n) {
+    for (int i = 0; i < ITEMS; ++i) {
+      float g[VEC];
+      unpack(xv[i], xh[i]);
+      unpack(gv[i], g);
+      float wf[VEC];
+      if (has_w) unpack(wv[i], wf);
+      if constexpr (FROM_OUTPUT) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        float bf[VEC];
+        if (has_b) unpack(bv[i], bf);
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) {
-            float xh, g, wg;
-            element(i, k, xh, g, wg);
-            sums.x += wg * xh;
-            sums.y += wg;
-            dw_acc[i][k] += g * xh;
-            db_acc[i][k] += g;
-          }
+        for (int k = 0; k < VEC; ++k) {
+          const float v = has_b ? xh[i][k] - bf[k] : xh[i][k];
+          // Outside the row w is a zero fill: no 0/0 there.
+          xh[i][k] = has_w ? (col_in_row(j0 + k, n) ? v / wf[k] : 0.f) : v;
         }
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) xh[i][k] = (xh[i][k] - mean) * rstd;
       }
+      // dy is zero-filled outside the row, so those columns add nothing.
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        wg[i][k] = has_w ? g[k] * wf[k] : g[k];
+        sums.x = fmaf(wg[i][k], xh[i][k], sums.x);
+        sums.y += wg[i][k];
+        dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
+        db_acc[i][k] += g[k];
+      }
+    }
+    if constexpr (PREFETCH) {
+      const bool next_ok = row + stride < p.rows;
+      load_row<SHIFTED>(xv, p.x + offset + stride * n, next_ok, thread_in_row, kRowThreads, n, shift);
+      load_row<SHIFTED>(gv, p.dy + offset + stride * n, next_ok, thread_in_row, kRowThreads, n, shift);
     }
     sums = reducer.sum(sums);
     const float c1 = sums.x * inv_n, c2 = sums.y * inv_n;
@@ -132,33 +138,23 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if (row_ok && p.dx) {
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        const int col = (i * kRowThreads + thread_in_row) * VEC;
-        if (col < n) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
           float v[VEC];
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) {
-            float xh, g, wg;
-            element(i, k, xh, g, wg);
-            v[k] = (wg - (xh * c1 + c2)) * rstd;
-          }
+          for (int k = 0; k < VEC; ++k) v[k] = (wg[i][k] - (xh[i][k] * c1 + c2)) * rstd;
           Pack<T, VEC> out;
           store_floats(out, v);
-          store_pack(p.dx + offset + col, out);
+          store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
         }
-      }
-    }
-    if constexpr (PREFETCH) {
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        xv[i] = x_next[i];
-        gv[i] = g_next[i];
       }
     }
   }
 
   if (want_params) {
     // One partial row per CTA group (cluster). CTAs holding several rows
-    // first add their row slots in shared memory, in slot order.
+    // first add their row slots in shared memory, in slot order (all slots
+    // hold the same columns).
     const int64_t part_offset = group * static_cast<int64_t>(n);
     auto write_partial = [&](float(&acc)[ITEMS][VEC], float* part) {
       if constexpr (ROWS > 1) {
@@ -183,14 +179,22 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         __syncthreads();  // combine is reused by the next call
         if (slot != 0) return;
       }
+      float* part_row = part + part_offset;
+      // 16-byte stores when the partial row's chunk is aligned.
+      const bool aligned = shift == 0 && n % 4 == 0;
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        const int col = (i * kRowThreads + thread_in_row) * VEC;
-        if (col < n) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (aligned && chunk_full<VEC, SHIFTED>(j0, n)) {
           Pack<float, VEC> out;
 #pragma unroll
           for (int k = 0; k < VEC; ++k) out.v[k] = acc[i][k];
-          store_pack(part + part_offset + col, out);
+          store_pack(part_row + j0, out);
+        } else if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            if (col_in_row(j0 + k, n)) part_row[j0 + k] = acc[i][k];
+          }
         }
       }
     };

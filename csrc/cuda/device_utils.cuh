@@ -63,10 +63,19 @@ __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& p) {
   }
 }
 
+// Zeros written as whole 32-bit words: element-wise 16-bit writes make the
+// compiler merge halves with byte permutes on every conditional load.
 template <typename T, int N>
 __device__ __forceinline__ void zero_pack(Pack<T, N>& p) {
+  if constexpr (sizeof(Pack<T, N>) % 4 == 0) {
 #pragma unroll
-  for (int k = 0; k < N; ++k) p.v[k] = T(0);
+    for (int k = 0; k < static_cast<int>(sizeof(Pack<T, N>) / 4); ++k) {
+      reinterpret_cast<uint32_t*>(&p)[k] = 0u;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) p.v[k] = T(0);
+  }
 }
 
 template <typename T>
@@ -80,6 +89,33 @@ __device__ __forceinline__ float to_float(T v) {
 template <>
 __device__ __forceinline__ float to_float(c10::BFloat16 v) {
   return __uint_as_float(static_cast<uint32_t>(v.x) << 16);
+}
+
+// Widens a pack to floats. 16-bit types are read as 32-bit words holding two
+// values each (a shift and a mask for bfloat16, one paired conversion for
+// half), so the compiler keeps the pack in whole registers instead of
+// splitting it into 16-bit pieces with byte permutes.
+template <typename T, int N>
+__device__ __forceinline__ void unpack(const Pack<T, N>& p, float (&f)[N]) {
+  if constexpr (N % 2 == 0 && std::is_same_v<T, c10::BFloat16>) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(&p);
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      f[2 * k] = __uint_as_float(w[k] << 16);
+      f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+  } else if constexpr (N % 2 == 0 && std::is_same_v<T, c10::Half>) {
+    const __half2* h = reinterpret_cast<const __half2*>(&p);
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      const float2 two = __half22float2(h[k]);
+      f[2 * k] = two.x;
+      f[2 * k + 1] = two.y;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) f[k] = to_float(p.v[k]);
+  }
 }
 
 // Writes float values into a pack of T, two at a time where the GPU has a
@@ -188,22 +224,91 @@ struct RowReducer {
   }
 };
 
-// Loads this thread's packs of one row (zeros outside the row or past the
-// last row). Thread t of a row owns packs t, t + row_threads, ... so each
-// access instruction of a warp covers contiguous memory.
-template <typename T, int VEC, int ITEMS>
+// A row is cut into 16-byte chunks on the aligned grid of memory, so every
+// full chunk moves with one 16-byte access even when the row does not start
+// on a 16-byte boundary (N not a multiple of VEC): a row starting `shift`
+// elements past a boundary has chunk c holding its columns c*VEC - shift ...
+// c*VEC - shift + VEC - 1, and only its first and last chunks are partial.
+// Thread t of a row owns chunks t, t + row_threads, ... so each warp-wide
+// access covers contiguous memory. SHIFTED = false compiles the kernels for
+// rows that are whole chunks (shift 0, no partial chunk).
+template <int VEC>
+__device__ __forceinline__ int chunk_first_col(int item, int thread_in_row, int row_threads,
+                                               int shift) {
+  return (item * row_threads + thread_in_row) * VEC - shift;
+}
+template <int VEC, bool SHIFTED>
+__device__ __forceinline__ bool chunk_full(int j0, int n) {
+  return SHIFTED ? (j0 >= 0 && j0 + VEC <= n) : j0 < n;
+}
+template <int VEC, bool SHIFTED>
+__device__ __forceinline__ bool chunk_partial(int j0, int n) {
+  return SHIFTED && j0 < n && j0 + VEC > 0 && !(j0 >= 0 && j0 + VEC <= n);
+}
+__device__ __forceinline__ bool col_in_row(int j, int n) {
+  return static_cast<unsigned>(j) < static_cast<unsigned>(n);
+}
+
+// The in-row elements of a partial chunk (zeros elsewhere), one by one.
+template <typename T, int VEC>
+__device__ __noinline__ Pack<T, VEC> load_partial_chunk(const T* ptr, int j0, int n) {
+  Pack<T, VEC> p;
+  zero_pack(p);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (col_in_row(j0 + k, n)) p.v[k] = ptr[j0 + k];
+  }
+  return p;
+}
+
+// Loads the chunk of columns j0 ... j0+VEC-1 of `ptr` (zeros outside
+// 0..n-1): one 16-byte access when it is full and ptr + j0 is aligned.
+template <typename T, int VEC, bool SHIFTED>
+__device__ __forceinline__ Pack<T, VEC> load_chunk(const T* ptr, int j0, int n, bool aligned) {
+  if (chunk_full<VEC, SHIFTED>(j0, n) && (!SHIFTED || aligned)) {
+    return load_pack<T, VEC>(ptr + j0);
+  }
+  if (SHIFTED && j0 < n && j0 + VEC > 0) return load_partial_chunk<T, VEC>(ptr, j0, n);
+  Pack<T, VEC> p;
+  zero_pack(p);
+  return p;
+}
+
+// Stores the in-row columns of a chunk of a row (ptr + j0 is aligned).
+template <typename T, int VEC, bool SHIFTED>
+__device__ __forceinline__ void store_chunk(T* ptr, int j0, int n, const Pack<T, VEC>& p) {
+  if (chunk_full<VEC, SHIFTED>(j0, n)) {
+    store_pack(ptr + j0, p);
+  } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      if (col_in_row(j0 + k, n)) ptr[j0 + k] = p.v[k];
+    }
+  }
+}
+
+// Loads this thread's chunks of one row (zeros outside the row, or
+// everywhere past the last row).
+template <bool SHIFTED, typename T, int VEC, int ITEMS>
 __device__ __forceinline__ void load_row(Pack<T, VEC> (&packs)[ITEMS], const T* row_ptr,
-                                         bool row_ok, int thread_in_row,
-                                         int row_threads, int n) {
+                                         bool row_ok, int thread_in_row, int row_threads,
+                                         int n, int shift) {
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
-    const int col = (i * row_threads + thread_in_row) * VEC;
-    if (row_ok && col < n) {
-      packs[i] = load_pack<T, VEC>(row_ptr + col);
+    const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
+    if (row_ok) {
+      packs[i] = load_chunk<T, VEC, SHIFTED>(row_ptr, j0, n, true);
     } else {
       zero_pack(packs[i]);
     }
   }
+}
+
+// Elements row `row` of n-element rows starts past a 16-byte boundary (the
+// tensor itself starts on one).
+template <int VEC>
+__device__ __forceinline__ int row_shift(int64_t row, int n) {
+  return static_cast<int>((row * static_cast<int64_t>(n)) & (VEC - 1));
 }
 
 // This CTA's rank in its cluster, and the cluster's index in the grid.

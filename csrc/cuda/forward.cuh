@@ -11,8 +11,8 @@ namespace fastlayernorm::cuda {
 template <typename T, typename W>
 struct ForwardParams {
   const T* x;
-  const W* w;  // may be null
-  const W* b;  // may be null
+  const W* w;  // may be null; 16-byte aligned
+  const W* b;  // may be null; 16-byte aligned
   T* y;
   float* mean;
   float* rstd;
@@ -21,12 +21,13 @@ struct ForwardParams {
   float eps;
 };
 
-// VEC elements per access (16 bytes, or 1 for rows that are not 16B aligned),
-// ITEMS accesses per thread, TPR threads per row, ROWS rows per CTA, CLUSTER
-// CTAs per row. Persistent: a CTA (cluster) walks rows with a grid stride,
-// loading its next row while it reduces the current one.
+// VEC elements per 16-byte chunk, ITEMS chunks per thread, TPR threads per
+// row, ROWS rows per CTA, CLUSTER CTAs per row; SHIFTED: N is not a multiple
+// of VEC (rows start off 16-byte boundaries, device_utils.cuh). Persistent:
+// CTA group g of G takes rows g, g + G, g + 2G, ... (its slots the
+// consecutive ones of these).
 template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
-          int MIN_CTAS, bool PREFETCH>
+          int MIN_CTAS, bool PREFETCH, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W> p) {
   constexpr int kRowThreads = TPR * CLUSTER;
@@ -36,34 +37,43 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 
   const int slot = threadIdx.x / TPR;  // which of the CTA's rows
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + threadIdx.x % TPR;
+  const int64_t groups = gridDim.x / CLUSTER;
   const int64_t group = blockIdx.x / CLUSTER;
-  const int64_t stride = static_cast<int64_t>(gridDim.x / CLUSTER) * ROWS;
+  const int64_t stride = groups * ROWS;
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
 
-  Pack<T, VEC> xv[ITEMS];
-  int64_t row = group * ROWS + slot;
+  // The row is widened to floats once; with PREFETCH the packs then receive
+  // the next row while this one is reduced and written.
+  Pack<T, VEC> packs[ITEMS];
+  int64_t row = slot * groups + group;
   if constexpr (PREFETCH) {
-    load_row(xv, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n);
+    load_row<SHIFTED>(packs, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n,
+                      SHIFTED ? row_shift<VEC>(row, n) : 0);
   }
   // Uniform trip count for every thread of a CTA (and of a cluster), so the
   // reductions' shuffles and barriers always see all threads.
-  for (int64_t base = group * ROWS; base < p.rows; base += stride, row += stride) {
+  for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    Pack<T, VEC> next[ITEMS];
+    const int shift = SHIFTED ? row_shift<VEC>(row, n) : 0;
+    if constexpr (!PREFETCH) {
+      load_row<SHIFTED>(packs, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
+    }
+    float xf[ITEMS][VEC];  // zeros outside the row (load_row zero-fills)
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) unpack(packs[i], xf[i]);
     if constexpr (PREFETCH) {
-      load_row(next, p.x + offset + stride * n, row + stride < p.rows, thread_in_row,
-               kRowThreads, n);
-    } else {
-      load_row(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n);
+      const int64_t next = row + stride;
+      load_row<SHIFTED>(packs, p.x + offset + stride * n, next < p.rows, thread_in_row,
+                        kRowThreads, n, SHIFTED ? row_shift<VEC>(next, n) : 0);
     }
 
     float sum = 0.f;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) sum += to_float(xv[i].v[k]);
+      for (int k = 0; k < VEC; ++k) sum += xf[i][k];
     }
     const float mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
 
@@ -71,16 +81,24 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     // first mean (a constant row then gives x - mean = 0 exactly, not noise
     // that rstd = 1/sqrt(eps) would amplify), and
     //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
+    // Only columns of the row count (the zero fill outside does not).
     float2 dev = make_float2(0.f, 0.f);
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-      const int col = (i * kRowThreads + thread_in_row) * VEC;
-      if (col < n) {
+      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+      if (chunk_full<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          const float d = to_float(xv[i].v[k]) - mean0;
+          const float d = xf[i][k] - mean0;
           dev.x += d;
-          dev.y += d * d;
+          dev.y = fmaf(d, d, dev.y);
+        }
+      } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float d = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
+          dev.x += d;
+          dev.y = fmaf(d, d, dev.y);
         }
       }
     }
@@ -92,31 +110,29 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if (row_ok) {
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        const int col = (i * kRowThreads + thread_in_row) * VEC;
-        if (col < n) {
-          Pack<W, VEC> wv, bv;
-          if (p.w) wv = load_pack<W, VEC>(p.w + col);
-          if (p.b) bv = load_pack<W, VEC>(p.b + col);
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+          // weight/bias are 16-byte aligned: their chunk is aligned with the
+          // row's only when the row is.
+          float wf[VEC], bf[VEC];
+          if (p.w) unpack(load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0), wf);
+          if (p.b) unpack(load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0), bf);
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            v[k] = (to_float(xv[i].v[k]) - mean) * rstd;
-            if (p.w) v[k] *= to_float(wv.v[k]);
-            if (p.b) v[k] += to_float(bv.v[k]);
+            v[k] = (xf[i][k] - mean) * rstd;
+            if (p.w) v[k] *= wf[k];
+            if (p.b) v[k] += bf[k];
           }
           Pack<T, VEC> out;
           store_floats(out, v);
-          store_pack(p.y + offset + col, out);
+          store_chunk<T, VEC, SHIFTED>(p.y + offset, j0, n, out);
         }
       }
       if (thread_in_row == 0) {
         p.mean[row] = mean;
         p.rstd[row] = rstd;
       }
-    }
-    if constexpr (PREFETCH) {
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) xv[i] = next[i];
     }
   }
   cluster_exit_barrier<CLUSTER>();

@@ -19,6 +19,9 @@ struct KernelConfig {
   int rows;               // rows per CTA (tpr * rows threads)
   int cluster;            // CTAs per row (1: no cluster; then rows may be > 1)
   bool prefetch;          // load the next row while reducing this one
+  // Resident threads per SM the kernel is compiled for (caps registers at
+  // 65536 / min_threads); 0: the direction's default below.
+  int min_threads = 0;
 };
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
@@ -28,9 +31,17 @@ constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
 // for the backward, which also holds dy and the dweight/dbias accumulators).
 constexpr int kForwardMinThreadsPerSm = 1024;
 constexpr int kBackwardMinThreadsPerSm = 512;
-constexpr int min_ctas_per_sm(const KernelConfig& c, int min_threads) {
+constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
+  const int min_threads = c.min_threads > 0 ? c.min_threads : default_min_threads;
   return cta_threads(c) >= min_threads ? 1 : min_threads / cta_threads(c);
 }
+
+// Entry I of a table, as a type (the launchers take their entry as a
+// template argument).
+template <const auto& kTable, size_t I>
+struct TableEntry {
+  static constexpr KernelConfig config = kTable[I];
+};
 
 // Forward: the input row is held (the output is written from it). Short rows
 // prefetch the next row (their threads hold little); long rows rely on other

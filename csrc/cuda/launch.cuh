@@ -32,14 +32,22 @@ inline bool aligned16(const at::Tensor& t) {
   return !t.defined() || reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
 }
 
-// 16-byte accesses need every row to start on a 16-byte boundary.
-template <typename T>
-bool vectorizable(int64_t cols, std::initializer_list<const at::Tensor*> tensors) {
-  if (cols % (16 / sizeof(T)) != 0) return false;
+// The register kernels move rows in 16-byte chunks on the aligned grid of
+// memory (any N: rows that do not start on a boundary have a partial first
+// chunk), so every tensor they touch must start on a 16-byte boundary.
+inline bool all_aligned16(std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors) {
     if (!aligned16(*t)) return false;
   }
   return true;
+}
+
+// Row bytes a table entry must hold: rows not starting on a 16-byte boundary
+// (N not a multiple of the 16-byte vector) span up to one chunk more.
+template <typename T>
+int64_t row_capacity_bytes(int64_t cols) {
+  constexpr int64_t kVec = 16 / sizeof(T);
+  return (cols % kVec == 0 ? cols : cols + kVec - 1) * static_cast<int64_t>(sizeof(T));
 }
 
 inline bool clusters_supported() {
@@ -118,8 +126,8 @@ int64_t persistent_groups(Kernel kernel, const KernelConfig& c, int64_t rows,
                   resident_groups(kernel, cta_threads(c), c.cluster, cache));
 }
 
-// Calls launch(std::integral_constant<size_t, I>{}) for the first entry I of
-// kTable whose rows hold row_bytes. False when no entry does, or when it needs
+// Calls launch(TableEntry<kTable, I>{}) for the first entry I of kTable whose
+// rows hold row_bytes. False when no entry does, or when it needs
 // clusters this GPU lacks: the caller then takes the fallback kernels.
 template <const auto& kTable, size_t I = 0, typename Launch>
 bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
@@ -130,21 +138,24 @@ bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
       return dispatch_table<kTable, I + 1>(row_bytes, clusters_ok, launch);
     }
     if (kTable[I].cluster > 1 && !clusters_ok) return false;
-    launch(std::integral_constant<size_t, I>{});
+    launch(TableEntry<kTable, I>{});
     return true;
   }
 }
 
 // ---- forward ---------------------------------------------------------------
 
-// Launches table entry `Index` of the forward table.
-template <typename T, typename W, bool kVectorized, typename Index>
-void launch_forward_entry(Index, const ForwardParams<T, W>& p, cudaStream_t stream) {
-  constexpr KernelConfig c = kForwardConfigs[Index::value];
-  constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
-  constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
+// Launches the forward kernel of `Entry` (a TableEntry, or any type with a
+// constexpr KernelConfig `config`).
+template <typename T, typename W, bool kShifted, typename Entry>
+void launch_forward_entry(Entry, const ForwardParams<T, W>& p, cudaStream_t stream) {
+  constexpr KernelConfig c = Entry::config;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kItems = c.bytes_per_thread / 16;
+  static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
+                "a table entry must hold its largest row");
   auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                              min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.prefetch>;
+                              min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.prefetch, kShifted>;
   static ResidencyCache cache{};
   const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, p, stream);
@@ -167,15 +178,17 @@ void launch_forward(const ForwardArgs& a) {
                                 a.rows,
                                 static_cast<int>(a.cols),
                                 static_cast<float>(a.eps)};
-    const int64_t row_bytes = a.cols * static_cast<int64_t>(sizeof(T));
-    const bool vec = vectorizable<T>(a.cols, {&a.input, &a.output, &a.weight, &a.bias});
-    const bool done = dispatch_table<kForwardConfigs>(row_bytes, clusters_supported(), [&](auto entry) {
-      if (vec) {
-        launch_forward_entry<T, W, true>(entry, p, stream);
-      } else {
-        launch_forward_entry<T, W, false>(entry, p, stream);
-      }
-    });
+    const bool shifted = a.cols % (16 / sizeof(T)) != 0;
+    const bool done =
+        all_aligned16({&a.input, &a.output, &a.weight, &a.bias}) &&
+        dispatch_table<kForwardConfigs>(
+            row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
+              if (shifted) {
+                launch_forward_entry<T, W, true>(entry, p, stream);
+              } else {
+                launch_forward_entry<T, W, false>(entry, p, stream);
+              }
+            });
     if (done) return;
   }
   const int64_t grid = std::min<int64_t>(
@@ -189,18 +202,25 @@ void launch_forward(const ForwardArgs& a) {
 
 // ---- backward --------------------------------------------------------------
 
-// Launches table entry `Index` of the backward table, then the dweight/dbias
-// finalize kernel over its partial rows.
-template <typename T, typename W, bool kVectorized, typename Index>
-void launch_backward_entry(Index, BackwardParams<T, W> p, const at::TensorOptions& float_options,
+// Launches the backward kernel of `Entry`, then the dweight/dbias finalize
+// kernel over its partial rows.
+template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry>
+void launch_backward_entry(Entry, BackwardParams<T, W> p, const at::TensorOptions& float_options,
                            W* dw, W* db, cudaStream_t stream) {
-  constexpr KernelConfig c = kBackwardConfigs[Index::value];
-  constexpr int kVec = kVectorized ? 16 / sizeof(T) : 1;
-  constexpr int kItems = c.bytes_per_thread / (kVec * sizeof(T));
+  constexpr KernelConfig c = Entry::config;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kItems = c.bytes_per_thread / 16;
+  static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
+                "a table entry must hold its largest row");
   auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                              min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.prefetch>;
+                              min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.prefetch,
+                              kFromOutput, kShifted>;
   static ResidencyCache cache{};
-  const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
+  int64_t groups = persistent_groups(kernel, c, p.rows, cache);
+  // A CTA keeps fixed columns across its rows; rows g, g + G, ... start at
+  // the same offset from a 16-byte boundary when G * N is a multiple of the
+  // vector (always, when N is).
+  if (kShifted) groups = std::max<int64_t>(kVec, groups / kVec * kVec);
   // One fp32 partial row of dweight and of dbias per CTA group.
   at::Tensor partials;
   const bool want_params = dw != nullptr || db != nullptr;
@@ -240,20 +260,24 @@ void launch_backward(const BackwardArgs& a) {
                                  nullptr,
                                  nullptr,
                                  a.rows,
-                                 static_cast<int>(a.cols),
-                                 a.from_output};
-    const int64_t row_bytes = a.cols * static_cast<int64_t>(sizeof(T));
-    const bool vec = vectorizable<T>(
-        a.cols, {&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias});
+                                 static_cast<int>(a.cols)};
     const auto float_options = a.input.options().dtype(at::kFloat);
-    const bool clusters_ok = clusters_supported();
-    const bool done = dispatch_table<kBackwardConfigs>(row_bytes, clusters_ok, [&](auto entry) {
-      if (vec) {
-        launch_backward_entry<T, W, true>(entry, p, float_options, dw, db, stream);
-      } else {
-        launch_backward_entry<T, W, false>(entry, p, float_options, dw, db, stream);
-      }
-    });
+    const bool shifted = a.cols % (16 / sizeof(T)) != 0;
+    // The memory-saving mode (rebuild from the output) has register kernels
+    // for rows of whole 16-byte chunks; other rows take the fallback.
+    const bool done =
+        !(a.from_output && shifted) &&
+        all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias}) &&
+        dispatch_table<kBackwardConfigs>(
+            row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
+              if (a.from_output) {
+                launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db, stream);
+              } else if (shifted) {
+                launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db, stream);
+              } else {
+                launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
+              }
+            });
     if (done) return;
   }
   const W* w = ptr_or_null<W>(a.weight);

@@ -1,0 +1,256 @@
+"""Kernel-configuration sweep: times the forward and backward kernels of
+csrc/cuda/ under many thread mappings, to choose the entries of the tables in
+csrc/cuda/kernel_config.h from measurements.
+
+Each candidate (threads per row, bytes per thread, rows per CTA, cluster,
+prefetch, resident threads per SM) is compiled as its own instantiation of the
+production kernel templates (ln_fwd_kernel / ln_bwd_kernel, through the same
+launch_forward_entry / launch_backward_entry as the package), into a JIT
+extension; every candidate is checked against the table's kernel output first
+and then timed against a device-to-device copy in the same process.
+
+    python benchmarks/tune_kernels.py --out tune.json            # GPU needed
+    python benchmarks/tune_kernels.py --dtypes bf16 --sizes 4096 --dry-run
+
+The JSON lists every candidate's time and fraction of copy; the summary prints
+the best candidate per (direction, dtype, N) next to the current table entry.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+DTYPES = {"bf16": ("c10::BFloat16", 2), "fp16": ("c10::Half", 2), "fp32": ("float", 4)}
+DEFAULT_SIZES = [512, 1024, 2048, 3072, 4096, 4099, 5120, 8192, 12288, 16384, 32768, 65536]
+
+
+def row_threads_options(row_bytes: int, bpt: int):
+    """Threads per row that hold a row of row_bytes at bpt bytes each: powers of
+    two up to a warp, multiples of a warp above (not only powers of two, so
+    a 10 KiB row can take 320 threads instead of 512)."""
+    need = math.ceil(row_bytes / bpt)
+    if need <= 32:
+        return [1 << (need - 1).bit_length()]
+    warps = math.ceil(need / 32) * 32
+    pow2 = 1 << (need - 1).bit_length()
+    return sorted({warps, pow2})
+
+
+def candidates(direction: str, row_bytes: int):
+    """(tpr, bytes_per_thread, rows, cluster, prefetch, min_threads) tuples."""
+    out = []
+    bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
+    max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
+    for bpt in bpts:
+        for tpr_total in row_threads_options(row_bytes, bpt):
+            clusters = [1] if tpr_total <= max_cta else [c for c in (2, 4, 8)
+                                                          if tpr_total // c <= max_cta]
+            for cluster in clusters[:2]:
+                tpr = tpr_total // cluster
+                if tpr_total % cluster or (tpr > 32 and tpr % 32):
+                    continue
+                if cluster > 1 or tpr >= 128:
+                    row_opts = [1] if cluster > 1 or tpr > 128 else [1, 2]
+                else:
+                    row_opts = [r for r in (2, 4, 8, 16, 32, 64, 128) if tpr * r in (128, 256)]
+                for rows, prefetch in itertools.product(row_opts, (False, True)):
+                    mins = [1024 if direction == "fwd" else 512]
+                    if direction == "fwd" and bpt == 64:
+                        mins.append(512)  # more registers: 64 bytes of bf16 spill at 64
+                    for min_threads in mins:
+                        out.append((tpr, bpt, rows, cluster, prefetch, min_threads))
+    return out
+
+
+def generate_sources(build_dir: Path, plan, chunk: int = 12):
+    """Writes the .cu files instantiating every planned candidate and one
+    binding file; returns the list of source paths."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    sources = []
+    decls = []
+    regs = []
+    for start in range(0, len(plan), chunk):
+        part = plan[start:start + chunk]
+        lines = ['#include "cuda/launch.cuh"', "namespace fastlayernorm::cuda::tune {"]
+        for idx, c in part:
+            tpr, bpt, rows, cluster, prefetch, min_threads = c["cfg"]
+            ctype = DTYPES[c["dtype"]][0]
+            shifted = "true" if c["shifted"] else "false"
+            lines.append(
+                f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
+                f"{rows}, {cluster}, {'true' if prefetch else 'false'}, {min_threads}}}; }};")
+            if c["dir"] == "fwd":
+                lines.append(
+                    f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
+                    f"at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {{\n"
+                    f"  using T = {ctype};\n"
+                    f"  ForwardParams<T, T> p{{x.const_data_ptr<T>(), w.const_data_ptr<T>(), "
+                    f"b.const_data_ptr<T>(), y.mutable_data_ptr<T>(), mean.mutable_data_ptr<float>(), "
+                    f"rstd.mutable_data_ptr<float>(), x.size(0), static_cast<int>(x.size(1)), 1e-5f}};\n"
+                    f"  launch_forward_entry<T, T, {shifted}>(Cfg{idx}{{}}, p, at::cuda::getCurrentCUDAStream());\n}}")
+                decls.append(
+                    f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "
+                    f"at::Tensor&, at::Tensor&, at::Tensor&);")
+            else:
+                lines.append(
+                    f"void run{idx}(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, "
+                    f"const at::Tensor& rstd, const at::Tensor& w, at::Tensor& dx, at::Tensor& dw, "
+                    f"at::Tensor& db) {{\n"
+                    f"  using T = {ctype};\n"
+                    f"  BackwardParams<T, T> p{{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), "
+                    f"mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), w.const_data_ptr<T>(), "
+                    f"nullptr, dx.mutable_data_ptr<T>(), nullptr, nullptr, x.size(0), "
+                    f"static_cast<int>(x.size(1))}};\n"
+                    f"  launch_backward_entry<T, T, false, {shifted}>(Cfg{idx}{{}}, p, "
+                    f"x.options().dtype(at::kFloat), dw.mutable_data_ptr<T>(), db.mutable_data_ptr<T>(), "
+                    f"at::cuda::getCurrentCUDAStream());\n}}")
+                decls.append(
+                    f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "
+                    f"const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&);")
+            regs.append(f'  m.def("run{idx}", &fastlayernorm::cuda::tune::run{idx});')
+        lines.append("}")
+        path = build_dir / f"tune_{start // chunk:03d}.cu"
+        path.write_text("\n".join(lines) + "\n")
+        sources.append(str(path))
+    binding = ["#include <torch/extension.h>", "namespace fastlayernorm::cuda::tune {"]
+    binding += decls
+    binding += ["}", "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {"] + regs + ["}"]
+    path = build_dir / "tune_binding.cpp"
+    path.write_text("\n".join(binding) + "\n")
+    sources.append(str(path))
+    return sources
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtypes", default="bf16,fp32")
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    ap.add_argument("--dirs", default="fwd,bwd")
+    ap.add_argument("--elements-log2", type=int, default=26)
+    ap.add_argument("--build-dir", default="/tmp/fastlayernorm-tune")
+    ap.add_argument("--out", default="tune.json")
+    ap.add_argument("--rep-ms", type=float, default=30.0)
+    ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
+    ap.add_argument("--build-only", action="store_true", help="compile the candidates, time nothing")
+    args = ap.parse_args()
+
+    plan = []
+    for d, dt, n in itertools.product(args.dirs.split(","), args.dtypes.split(","),
+                                      [int(s) for s in args.sizes.split(",")]):
+        esz = DTYPES[dt][1]
+        vec = 16 // esz
+        shifted = n % vec != 0  # rows off 16-byte boundaries: one chunk more
+        row_bytes = (n + (vec - 1 if shifted else 0)) * esz
+        for cfg in candidates(d, row_bytes):
+            plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted})
+    # One instantiation per distinct (dir, dtype, cfg, shifted): N is a runtime argument.
+    keys = {}
+    for c in plan:
+        keys.setdefault((c["dir"], c["dtype"], c["cfg"], c["shifted"]), len(keys))
+    print(f"{len(plan)} measurements, {len(keys)} kernels", flush=True)
+    if args.dry_run:
+        for c in plan:
+            print(c)
+        return
+
+    import torch
+    from torch.utils.cpp_extension import load
+    from triton.testing import do_bench
+
+    unique = [(idx, {"dir": k[0], "dtype": k[1], "cfg": k[2], "shifted": k[3]})
+              for k, idx in keys.items()]
+    t0 = time.time()
+    sources = generate_sources(Path(args.build_dir), unique)
+    ext = load(name="fastlayernorm_tune", sources=sources,
+               extra_include_paths=[str(REPO / "csrc")],
+               extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
+                                  "-gencode=arch=compute_90,code=sm_90", "-DFASTLAYERNORM_WITH_CUDA"],
+               extra_cflags=["-O3"], build_directory=args.build_dir, verbose=False)
+    print(f"built {len(unique)} kernels in {time.time() - t0:.0f}s", flush=True)
+    if args.build_only:
+        return
+    import fastlayernorm  # noqa: F401  (the reference: the package's own kernels)
+
+    torch.manual_seed(0)
+    copy_src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    copy_dst = torch.empty_like(copy_src)
+    copy_ms = do_bench(lambda: copy_dst.copy_(copy_src), rep=200, return_mode="median")
+    copy_gbs = 2 * copy_src.numel() / copy_ms / 1e6
+    del copy_src, copy_dst
+    print(f"copy {copy_gbs:.0f} GB/s", flush=True)
+
+    results = []
+    groups = {}
+    for c in plan:
+        groups.setdefault((c["dtype"], c["N"]), []).append(c)
+    for (dt, n), cs in groups.items():
+        tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
+        elements = 1 << (args.elements_log2 - (1 if dt == "fp32" else 0))
+        rows = max(1, elements // n)
+        x = torch.randn(rows, n, device="cuda", dtype=tdt)
+        w = (1 + 0.1 * torch.randn(n, device="cuda")).to(tdt)
+        b = (0.1 * torch.randn(n, device="cuda")).to(tdt)
+        dy = torch.randn_like(x)
+        ref_y, mean, rstd = torch.ops.fastlayernorm.layer_norm_fwd(x, [n], w, b, 1e-5)
+        ref_dx, ref_dw, ref_db = torch.ops.fastlayernorm.layer_norm_bwd(
+            dy, x, [n], mean, rstd, w, b, [True, True, True])
+        y = torch.empty_like(x)
+        m2 = torch.empty_like(mean)
+        r2 = torch.empty_like(rstd)
+        dx = torch.empty_like(x)
+        dw = torch.empty_like(w)
+        db = torch.empty_like(b)
+        esz = x.element_size()
+        for c in cs:
+            idx = keys[(c["dir"], dt, c["cfg"], c["shifted"])]
+            fn_raw = getattr(ext, f"run{idx}")
+            if c["dir"] == "fwd":
+                fn = lambda: fn_raw(x, w, b, y, m2, r2)  # noqa: E731
+                nbytes = 2 * x.numel() * esz
+                y.fill_(float("nan"))
+                fn()
+                ok = bool(torch.allclose(y.float(), ref_y.float(), rtol=1e-2, atol=1e-2))
+            else:
+                fn = lambda: fn_raw(dy, x, mean, rstd, w, dx, dw, db)  # noqa: E731
+                nbytes = 3 * x.numel() * esz
+                dx.fill_(float("nan"))
+                fn()
+                ok = bool(torch.allclose(dx.float(), ref_dx.float(), rtol=1e-2, atol=1e-2)
+                          and torch.allclose(dw.float(), ref_dw.float(), rtol=1e-2, atol=1e-1))
+            try:
+                ms = do_bench(fn, warmup=5, rep=args.rep_ms, return_mode="median")
+            except Exception as e:  # a configuration that cannot launch
+                ms, ok = float("nan"), False
+                print("  failed:", c, e, flush=True)
+            frac = nbytes / ms / 1e6 / copy_gbs
+            r = dict(c, cfg=list(c["cfg"]), ms=ms, frac=frac, ok=ok)
+            results.append(r)
+            print(f"{c['dir']} {dt} N={n} {c['cfg']} {ms * 1e3:.1f}us {100 * frac:.1f}% "
+                  f"{'ok' if ok else 'MISMATCH'}", flush=True)
+        del x, dy, y, dx
+        torch.cuda.empty_cache()
+
+    Path(args.out).write_text(json.dumps({"copy_gbs": copy_gbs, "results": results}, indent=1))
+    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, prefetch, min_threads)")
+    best = {}
+    for r in results:
+        if not r["ok"] or math.isnan(r["ms"]):
+            continue
+        k = (r["dir"], r["dtype"], r["N"])
+        if k not in best or r["ms"] < best[k]["ms"]:
+            best[k] = r
+    for k in sorted(best):
+        r = best[k]
+        print(f"{k[0]} {k[1]} N={k[2]}: {100 * r['frac']:.1f}% {r['cfg']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
