@@ -3,7 +3,7 @@ csrc/cuda/ under many thread mappings, to choose the entries of the tables in
 csrc/cuda/kernel_config.h from measurements.
 
 Each candidate (threads per row, bytes per thread, rows per CTA, cluster,
-prefetch, resident threads per SM) is compiled as its own instantiation of the
+staged rows ahead, resident threads per SM) is compiled as its own instantiation of the
 production kernel templates (ln_fwd_kernel / ln_bwd_kernel, through the same
 launch_forward_entry / launch_backward_entry as the package), into a JIT
 extension; every candidate is checked against the table's kernel output first
@@ -45,7 +45,7 @@ def row_threads_options(row_bytes: int, bpt: int):
 
 
 def candidates(direction: str, row_bytes: int):
-    """(tpr, bytes_per_thread, rows, cluster, prefetch, min_threads) tuples."""
+    """(tpr, bytes_per_thread, rows, cluster, stages, min_threads) tuples."""
     out = []
     bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
     max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
@@ -61,12 +61,12 @@ def candidates(direction: str, row_bytes: int):
                     row_opts = [1] if cluster > 1 or tpr > 128 else [1, 2]
                 else:
                     row_opts = [r for r in (2, 4, 8, 16, 32, 64, 128) if tpr * r in (128, 256)]
-                for rows, prefetch in itertools.product(row_opts, (False, True)):
+                for rows, stages in itertools.product(row_opts, (0, 1, 2)):
                     mins = [1024 if direction == "fwd" else 512]
-                    if direction == "fwd" and bpt == 64:
+                    if direction == "fwd" and bpt == 64 and stages == 1:
                         mins.append(512)  # more registers: 64 bytes of bf16 spill at 64
                     for min_threads in mins:
-                        out.append((tpr, bpt, rows, cluster, prefetch, min_threads))
+                        out.append((tpr, bpt, rows, cluster, stages, min_threads))
     return out
 
 
@@ -81,12 +81,12 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
         part = plan[start:start + chunk]
         lines = ['#include "cuda/launch.cuh"', "namespace fastlayernorm::cuda::tune {"]
         for idx, c in part:
-            tpr, bpt, rows, cluster, prefetch, min_threads = c["cfg"]
+            tpr, bpt, rows, cluster, stages, min_threads = c["cfg"]
             ctype = DTYPES[c["dtype"]][0]
             shifted = "true" if c["shifted"] else "false"
             lines.append(
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
-                f"{rows}, {cluster}, {'true' if prefetch else 'false'}, {min_threads}}}; }};")
+                f"{rows}, {cluster}, {stages}, {min_threads}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -239,7 +239,7 @@ def main():
         torch.cuda.empty_cache()
 
     Path(args.out).write_text(json.dumps({"copy_gbs": copy_gbs, "results": results}, indent=1))
-    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, prefetch, min_threads)")
+    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads)")
     best = {}
     for r in results:
         if not r["ok"] or math.isnan(r["ms"]):

@@ -30,13 +30,14 @@ struct BackwardParams {
 
 // FROM_OUTPUT: x holds the forward's output y and x_hat = (y - b) / w is
 // rebuilt from it (memory-saving mode); otherwise x_hat = (x - mean) * rstd.
-// Rows as in the forward (group g of G takes rows g, g + G, ...). A thread's
+// Rows as in the forward (group g of G takes rows g, g + G, ...; STAGES rows
+// ahead of x and dy are staged in shared memory). A thread's
 // columns must be the same in all its rows (weight and accumulators are
 // kept per column): with rows that are not a whole number of 16-byte chunks
 // the launcher makes G a multiple of VEC, so all rows of a CTA start at the
 // same offset from a 16-byte boundary.
 template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
-          int MIN_CTAS, bool PREFETCH, bool FROM_OUTPUT, bool SHIFTED>
+          int MIN_CTAS, int STAGES, bool FROM_OUTPUT, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W> p) {
   constexpr int kThreads = TPR * ROWS;
@@ -44,6 +45,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
+  // [STAGES][x, dy][ITEMS][kThreads]
+  extern __shared__ uint4 staging[];
 
   const int slot = threadIdx.x / TPR;
   const int lane = threadIdx.x % TPR;
@@ -76,18 +79,35 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     for (int k = 0; k < VEC; ++k) dw_acc[i][k] = db_acc[i][k] = 0.f;
   }
 
-  // x and dy of the row are widened once (x to x_hat, dy to w*dy); with
-  // PREFETCH the packs then receive the next row.
-  Pack<T, VEC> xv[ITEMS], gv[ITEMS];
+  // x and dy of a row are widened once (x to x_hat, dy to w*dy).
+  const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
+  const T* dy_end = p.dy + p.rows * static_cast<int64_t>(n);
+  auto stage_of = [&](int s, int tensor) { return staging + (2 * s + tensor) * ITEMS * kThreads; };
+  auto stage_rows = [&](int s, int64_t r) {
+    const bool ok = r < p.rows;
+    stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(s, 0), kThreads, p.x + r * n, x_end, ok,
+                                      thread_in_row, kRowThreads, n, shift);
+    stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(s, 1), kThreads, p.dy + r * n, dy_end, ok,
+                                      thread_in_row, kRowThreads, n, shift);
+    cp_async_commit();
+  };
   int64_t row = slot * groups + group;
-  if constexpr (PREFETCH) {
-    load_row<SHIFTED>(xv, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n, shift);
-    load_row<SHIFTED>(gv, p.dy + row * n, row < p.rows, thread_in_row, kRowThreads, n, shift);
+  if constexpr (STAGES > 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) stage_rows(s, row + s * stride);
   }
+  int stage = 0;
   for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    if constexpr (!PREFETCH) {
+    Pack<T, VEC> xv[ITEMS], gv[ITEMS];
+    if constexpr (STAGES > 0) {
+      cp_async_wait<STAGES - 1>();
+      read_staged_row<SHIFTED>(xv, stage_of(stage, 0), kThreads, row_ok, thread_in_row,
+                               kRowThreads, n, shift);
+      read_staged_row<SHIFTED>(gv, stage_of(stage, 1), kThreads, row_ok, thread_in_row,
+                               kRowThreads, n, shift);
+    } else {
       load_row<SHIFTED>(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
       load_row<SHIFTED>(gv, p.dy + offset, row_ok, thread_in_row, kRowThreads, n, shift);
     }
@@ -101,10 +121,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       float g[VEC];
       unpack(xv[i], xh[i]);
       unpack(gv[i], g);
+      // Staged partial chunks hold the neighbouring row's x and dy: zeroed,
+      // so those columns add nothing below (even where they are not finite).
+      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+      mask_outside<VEC, SHIFTED>(xh[i], j0, n);
+      mask_outside<VEC, SHIFTED>(g, j0, n);
       float wf[VEC];
       if (has_w) unpack(wv[i], wf);
       if constexpr (FROM_OUTPUT) {
-        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
         float bf[VEC];
         if (has_b) unpack(bv[i], bf);
 #pragma unroll
@@ -117,20 +141,21 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) xh[i][k] = (xh[i][k] - mean) * rstd;
       }
-      // dy is zero-filled outside the row, so those columns add nothing.
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        wg[i][k] = has_w ? g[k] * wf[k] : g[k];
+        // Rounded once (no fma contraction): the dx pass must subtract the
+        // very value the row sum added (dx is exactly 0 for N = 1).
+        wg[i][k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
         sums.x = fmaf(wg[i][k], xh[i][k], sums.x);
         sums.y += wg[i][k];
         dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
         db_acc[i][k] += g[k];
       }
     }
-    if constexpr (PREFETCH) {
-      const bool next_ok = row + stride < p.rows;
-      load_row<SHIFTED>(xv, p.x + offset + stride * n, next_ok, thread_in_row, kRowThreads, n, shift);
-      load_row<SHIFTED>(gv, p.dy + offset + stride * n, next_ok, thread_in_row, kRowThreads, n, shift);
+    if constexpr (STAGES > 0) {
+      // The stage just read receives the rows STAGES ahead.
+      stage_rows(stage, row + STAGES * stride);
+      stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
     sums = reducer.sum(sums);
     const float c1 = sums.x * inv_n, c2 = sums.y * inv_n;

@@ -304,6 +304,94 @@ __device__ __forceinline__ void load_row(Pack<T, VEC> (&packs)[ITEMS], const T* 
   }
 }
 
+// ---- staging rows in shared memory with cp.async ---------------------------
+// A CTA's next rows are copied into shared memory while the current one is
+// reduced, without holding registers for them. Chunk i of a thread lives at
+// stage[i * cta_threads + threadIdx.x]: each thread reads back exactly the
+// chunks it copied, so no barrier is needed, only cp.async.wait_group.
+
+__device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes)
+               : "memory");
+#else
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if (src_bytes == 16) {
+    v = *reinterpret_cast<const uint4*>(gmem);
+  } else {
+    for (int b = 0; b < src_bytes; ++b) {
+      reinterpret_cast<char*>(&v)[b] = reinterpret_cast<const char*>(gmem)[b];
+    }
+  }
+  *smem = v;
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of this thread's committed groups are in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Starts copying this thread's chunks of a row into `stage`. A partial chunk
+// (shifted rows) is copied whole from the aligned grid: its other elements
+// belong to the neighbouring row and are masked after reading, except past
+// the end of the tensor (`end`), which is never read.
+template <bool SHIFTED, typename T, int VEC, int ITEMS>
+__device__ __forceinline__ void stage_row(uint4* stage, int cta_threads, const T* row_ptr,
+                                          const T* end, bool row_ok, int thread_in_row,
+                                          int row_threads, int n, int shift) {
+  if (!row_ok) return;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
+    if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+      const T* src = row_ptr + j0;
+      int bytes = 16;
+      if constexpr (SHIFTED) {
+        const int64_t left = (end - src) * static_cast<int64_t>(sizeof(T));
+        bytes = left < 16 ? static_cast<int>(left) : 16;
+      }
+      cp_async16(stage + i * cta_threads + threadIdx.x, src, bytes);
+    }
+  }
+}
+
+// Reads back this thread's chunks of a staged row (zeros for chunks outside
+// the row; partial chunks still hold neighbouring elements: mask_outside).
+template <bool SHIFTED, typename T, int VEC, int ITEMS>
+__device__ __forceinline__ void read_staged_row(Pack<T, VEC> (&packs)[ITEMS], const uint4* stage,
+                                                int cta_threads, bool row_ok, int thread_in_row,
+                                                int row_threads, int n, int shift) {
+  static_assert(sizeof(Pack<T, VEC>) == 16, "a staged chunk is 16 bytes");
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
+    if (row_ok && (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n))) {
+      *reinterpret_cast<uint4*>(&packs[i]) = stage[i * cta_threads + threadIdx.x];
+    } else {
+      zero_pack(packs[i]);
+    }
+  }
+}
+
+// Zeros the elements of a chunk that are outside the row's columns.
+template <int VEC, bool SHIFTED>
+__device__ __forceinline__ void mask_outside(float (&f)[VEC], int j0, int n) {
+  if (chunk_partial<VEC, SHIFTED>(j0, n)) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) f[k] = col_in_row(j0 + k, n) ? f[k] : 0.f;
+  }
+}
+
 // Elements row `row` of n-element rows starts past a 16-byte boundary (the
 // tensor itself starts on one).
 template <int VEC>

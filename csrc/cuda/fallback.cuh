@@ -63,6 +63,12 @@ __device__ __forceinline__ A fallback_x_hat(const T* xr, const A* mean,
   return w ? v / static_cast<A>(w[j]) : v;
 }
 
+// w*dy, rounded once: the dx pass must see the very value the reduction
+// summed (a contracted fma there would leave rounding noise where the exact
+// result is 0, e.g. N = 1).
+__device__ __forceinline__ float mul_rounded(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rounded(double a, double b) { return __dmul_rn(a, b); }
+
 // dx only; mean is null when x holds the forward's output.
 template <typename T, typename W, typename A>
 __global__ void __launch_bounds__(kFallbackThreads)
@@ -78,7 +84,7 @@ __global__ void __launch_bounds__(kFallbackThreads)
     const T* gr = dy + row * n;
     A s1 = 0, s2 = 0;
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) {
-      const A g = w ? static_cast<A>(gr[j]) * static_cast<A>(w[j]) : static_cast<A>(gr[j]);
+      const A g = w ? mul_rounded(static_cast<A>(gr[j]), static_cast<A>(w[j])) : static_cast<A>(gr[j]);
       s1 += g * fallback_x_hat(xr, mean, rstd, w, b, row, j);
       s2 += g;
     }
@@ -86,7 +92,7 @@ __global__ void __launch_bounds__(kFallbackThreads)
     const A c2 = reducer.sum(s2) / static_cast<A>(n);
     const A rs = rstd[row];
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) {
-      const A g = w ? static_cast<A>(gr[j]) * static_cast<A>(w[j]) : static_cast<A>(gr[j]);
+      const A g = w ? mul_rounded(static_cast<A>(gr[j]), static_cast<A>(w[j])) : static_cast<A>(gr[j]);
       const A xh = fallback_x_hat(xr, mean, rstd, w, b, row, j);
       dx[row * n + j] = static_cast<T>((g - (xh * c1 + c2)) * rs);
     }

@@ -22,18 +22,22 @@ struct ForwardParams {
 };
 
 // VEC elements per 16-byte chunk, ITEMS chunks per thread, TPR threads per
-// row, ROWS rows per CTA, CLUSTER CTAs per row; SHIFTED: N is not a multiple
-// of VEC (rows start off 16-byte boundaries, device_utils.cuh). Persistent:
-// CTA group g of G takes rows g, g + G, g + 2G, ... (its slots the
-// consecutive ones of these).
+// row, ROWS rows per CTA, CLUSTER CTAs per row; STAGES rows ahead are copied
+// into shared memory (cp.async) while a row is reduced (0: rows are loaded
+// straight into registers); SHIFTED: N is not a multiple of VEC (rows start
+// off 16-byte boundaries, device_utils.cuh). Persistent: CTA group g of G
+// takes rows g, g + G, g + 2G, ... (its slots the consecutive ones of these).
+// Dynamic shared memory: STAGES * ITEMS * TPR * ROWS * 16 bytes.
 template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
-          int MIN_CTAS, bool PREFETCH, bool SHIFTED>
+          int MIN_CTAS, int STAGES, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W> p) {
+  constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
+  extern __shared__ uint4 staging[];  // [STAGES][ITEMS][kThreads]
 
   const int slot = threadIdx.x / TPR;  // which of the CTA's rows
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + threadIdx.x % TPR;
@@ -42,31 +46,50 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int64_t stride = groups * ROWS;
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
+  const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
+  auto shift_of = [&](int64_t r) { return SHIFTED ? row_shift<VEC>(r, n) : 0; };
+  auto stage_of = [&](int s) { return staging + s * ITEMS * kThreads; };
 
-  // The row is widened to floats once; with PREFETCH the packs then receive
-  // the next row while this one is reduced and written.
-  Pack<T, VEC> packs[ITEMS];
   int64_t row = slot * groups + group;
-  if constexpr (PREFETCH) {
-    load_row<SHIFTED>(packs, p.x + row * n, row < p.rows, thread_in_row, kRowThreads, n,
-                      SHIFTED ? row_shift<VEC>(row, n) : 0);
+  if constexpr (STAGES > 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      const int64_t r = row + s * stride;
+      stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(s), kThreads, p.x + r * n, x_end, r < p.rows,
+                                        thread_in_row, kRowThreads, n, shift_of(r));
+      cp_async_commit();
+    }
   }
+  int stage = 0;
   // Uniform trip count for every thread of a CTA (and of a cluster), so the
   // reductions' shuffles and barriers always see all threads.
   for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    const int shift = SHIFTED ? row_shift<VEC>(row, n) : 0;
-    if constexpr (!PREFETCH) {
+    const int shift = shift_of(row);
+    Pack<T, VEC> packs[ITEMS];
+    if constexpr (STAGES > 0) {
+      cp_async_wait<STAGES - 1>();
+      read_staged_row<SHIFTED>(packs, stage_of(stage), kThreads, row_ok, thread_in_row,
+                               kRowThreads, n, shift);
+    } else {
       load_row<SHIFTED>(packs, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
     }
-    float xf[ITEMS][VEC];  // zeros outside the row (load_row zero-fills)
+    // The row widened to floats once, zeros outside it.
+    float xf[ITEMS][VEC];
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) unpack(packs[i], xf[i]);
-    if constexpr (PREFETCH) {
-      const int64_t next = row + stride;
-      load_row<SHIFTED>(packs, p.x + offset + stride * n, next < p.rows, thread_in_row,
-                        kRowThreads, n, SHIFTED ? row_shift<VEC>(next, n) : 0);
+    for (int i = 0; i < ITEMS; ++i) {
+      unpack(packs[i], xf[i]);
+      mask_outside<VEC, SHIFTED>(xf[i], chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift),
+                                 n);
+    }
+    if constexpr (STAGES > 0) {
+      // The stage just read receives the row STAGES rows ahead.
+      const int64_t r = row + STAGES * stride;
+      stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(stage), kThreads, p.x + r * n, x_end,
+                                        r < p.rows, thread_in_row, kRowThreads, n, shift_of(r));
+      cp_async_commit();
+      stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
 
     float sum = 0.f;

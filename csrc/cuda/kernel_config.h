@@ -18,7 +18,7 @@ struct KernelConfig {
   int bytes_per_thread;   // input bytes each thread holds (multiple of 16)
   int rows;               // rows per CTA (tpr * rows threads)
   int cluster;            // CTAs per row (1: no cluster; then rows may be > 1)
-  bool prefetch;          // load the next row while reducing this one
+  int stages;             // rows ahead staged in shared memory (cp.async); 0: none
   // Resident threads per SM the kernel is compiled for (caps registers at
   // 65536 / min_threads); 0: the direction's default below.
   int min_threads = 0;
@@ -43,33 +43,53 @@ struct TableEntry {
   static constexpr KernelConfig config = kTable[I];
 };
 
-// Forward: the input row is held (the output is written from it). Short rows
-// prefetch the next row (their threads hold little); long rows rely on other
-// resident CTAs for overlap (H100 measurements in docs/kernels.md).
-inline constexpr KernelConfig kForwardConfigs[] = {
-    {16, 1, 16, 128, 1, true},     {32, 2, 16, 64, 1, true},
-    {64, 4, 16, 32, 1, true},      {128, 8, 16, 16, 1, true},
-    {256, 16, 16, 8, 1, true},     {512, 16, 32, 8, 1, true},
-    {1024, 32, 32, 4, 1, true},    {2048, 32, 64, 4, 1, false},
-    {4096, 64, 64, 1, 1, false},   {8192, 128, 64, 1, 1, false},
-    {16384, 256, 64, 1, 1, false}, {32768, 512, 64, 1, 1, false},
-    {65536, 1024, 64, 1, 1, false},
+// The entries below were chosen from measurements on an H100
+// (benchmarks/tune_kernels.py; numbers in docs/kernels.md). 16-bit and 32-bit
+// inputs have their own tables: at the same row bytes a 16-bit row has twice
+// the elements, so twice the arithmetic per byte moved, and prefers staged
+// rows (cp.async) and fewer bytes per thread.
+
+// Forward: the row is widened to floats in registers; `stages` rows ahead
+// wait in shared memory.
+inline constexpr KernelConfig kForwardConfigs16[] = {
+    {16, 1, 16, 128, 1, 1},      {32, 2, 16, 64, 1, 1},      {64, 4, 16, 32, 1, 1},
+    {128, 8, 16, 16, 1, 1},      {256, 16, 16, 8, 1, 1},     {512, 16, 32, 8, 1, 1},
+    {1024, 32, 32, 8, 1, 1},     {2048, 32, 64, 4, 1, 1, 512},
+    {4096, 128, 32, 2, 1, 1},    {8192, 256, 32, 1, 1, 1},   {10240, 160, 64, 1, 1, 1, 512},
+    {12288, 192, 64, 1, 1, 1, 512},                          {16384, 512, 32, 1, 1, 1},
+    {32768, 512, 64, 1, 1, 1, 512},                          {65536, 1024, 64, 1, 1, 1},
     // Rows beyond one CTA's registers: a cluster of CTAs per row.
-    {131072, 1024, 64, 1, 2, false}, {262144, 1024, 64, 1, 4, false},
-    {524288, 1024, 64, 1, 8, false},
+    {131072, 512, 64, 1, 4, 1},  {262144, 512, 64, 1, 8, 1}, {524288, 1024, 64, 1, 8, 1},
+};
+inline constexpr KernelConfig kForwardConfigs32[] = {
+    {16, 1, 16, 128, 1, 1},      {32, 2, 16, 64, 1, 1},      {64, 4, 16, 32, 1, 1},
+    {128, 8, 16, 16, 1, 1},      {256, 16, 16, 8, 1, 1},     {512, 16, 32, 8, 1, 1},
+    {1024, 32, 32, 4, 1, 1},     {2048, 32, 64, 8, 1, 0},    {4096, 64, 64, 2, 1, 0},
+    {8192, 128, 64, 1, 1, 0},    {12288, 192, 64, 1, 1, 0},  {16384, 256, 64, 1, 1, 0},
+    {20480, 320, 64, 1, 1, 0},   {32768, 512, 64, 1, 1, 1, 512},
+    {49152, 768, 64, 1, 1, 2},   {65536, 1024, 64, 1, 1, 1},
+    {131072, 512, 64, 1, 4, 1},  {262144, 512, 64, 1, 8, 1}, {524288, 1024, 64, 1, 8, 1},
 };
 
-// Backward: the input and grad rows are held (and prefetched), plus fp32
-// dweight/dbias accumulators for the thread's columns. CTAs of several rows
-// keep the number of partial rows (one per CTA) small.
-inline constexpr KernelConfig kBackwardConfigs[] = {
-    {16, 1, 16, 128, 1, true},     {32, 2, 16, 64, 1, true},
-    {64, 4, 16, 32, 1, true},      {128, 8, 16, 16, 1, true},
-    {256, 16, 16, 8, 1, true},     {512, 32, 16, 4, 1, true},
-    {1024, 32, 32, 4, 1, true},    {2048, 64, 32, 4, 1, true},
-    {4096, 128, 32, 2, 1, true},   {8192, 256, 32, 1, 1, true},
-    {16384, 512, 32, 1, 1, true},  {32768, 512, 32, 1, 2, true},
-    {65536, 512, 32, 1, 4, true},  {131072, 512, 32, 1, 8, true},
+// Backward: x_hat and w*dy of the row are held as floats, plus fp32
+// dweight/dbias accumulators for the thread's columns (up to 128 registers);
+// rows ahead of x and dy wait in shared memory. CTAs of several rows keep the
+// number of partial rows (one per CTA) small.
+inline constexpr KernelConfig kBackwardConfigs16[] = {
+    {16, 1, 16, 128, 1, 2},      {32, 2, 16, 64, 1, 2},      {64, 4, 16, 32, 1, 2},
+    {128, 8, 16, 16, 1, 2},      {256, 16, 16, 8, 1, 2},     {512, 32, 16, 4, 1, 2},
+    {1024, 32, 32, 8, 1, 2},     {2048, 64, 32, 4, 1, 2},    {4096, 128, 32, 2, 1, 2},
+    {6144, 192, 32, 1, 1, 2},    {8192, 256, 32, 1, 1, 2},   {10240, 320, 32, 1, 1, 2},
+    {12288, 384, 32, 1, 1, 2},   {16384, 512, 32, 1, 1, 1},  {24576, 192, 32, 1, 4, 1},
+    {32768, 256, 32, 1, 4, 1},   {65536, 256, 32, 1, 8, 1},  {131072, 512, 32, 1, 8, 2},
+};
+inline constexpr KernelConfig kBackwardConfigs32[] = {
+    {16, 1, 16, 128, 1, 1},      {32, 2, 16, 64, 1, 1},      {64, 4, 16, 32, 1, 1},
+    {128, 8, 16, 16, 1, 1},      {256, 16, 16, 8, 1, 1},     {512, 32, 16, 4, 1, 1},
+    {1024, 32, 32, 4, 1, 1},     {2048, 64, 32, 4, 1, 0},    {4096, 128, 32, 2, 1, 0},
+    {8192, 256, 32, 1, 1, 0},    {12288, 384, 32, 1, 1, 0},  {16384, 512, 32, 1, 1, 2},
+    {20480, 160, 32, 1, 4, 1},   {32768, 256, 32, 1, 4, 0},  {49152, 192, 32, 1, 8, 0},
+    {65536, 256, 32, 1, 8, 0},   {131072, 512, 32, 1, 8, 1},
 };
 
 }  // namespace fastlayernorm::cuda

@@ -60,9 +60,10 @@ struct ClusterLaunchConfig {
   cudaLaunchConfig_t config{};
   cudaLaunchAttribute attr{};
 
-  ClusterLaunchConfig(int64_t ctas, int threads, int cluster, cudaStream_t stream) {
+  ClusterLaunchConfig(int64_t ctas, int threads, int cluster, size_t smem, cudaStream_t stream) {
     config.gridDim = dim3(static_cast<unsigned>(ctas));
     config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
     config.stream = stream;
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = cluster;
@@ -80,38 +81,44 @@ struct ClusterLaunchConfig {
 using ResidencyCache = std::array<int64_t, 64>;
 
 // How many CTAs (or clusters) of `kernel` are resident on the whole GPU at
-// once: the persistent grid size.
+// once: the persistent grid size. The first call per device also lets the
+// kernel use `smem` bytes of dynamic shared memory (above the 48 KiB default).
 template <typename Kernel>
-int64_t resident_groups(Kernel kernel, int threads, int cluster, ResidencyCache& cache) {
+int64_t resident_groups(Kernel kernel, int threads, int cluster, size_t smem,
+                        ResidencyCache& cache) {
   const int device = at::cuda::current_device();
   if (device < 64 && cache[device] > 0) return cache[device];
+  if (smem > 0) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  }
   int64_t groups = 0;
   if (cluster == 1) {
     int per_sm = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
     groups = static_cast<int64_t>(per_sm) *
              at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   } else {
-    const ClusterLaunchConfig one_cluster(cluster, threads, cluster, nullptr);
+    const ClusterLaunchConfig one_cluster(cluster, threads, cluster, smem, nullptr);
     int clusters = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config));
     groups = clusters;
   }
-  TORCH_CHECK(groups > 0, "fastlayernorm: a LayerNorm kernel (", threads,
-              " threads, cluster ", cluster, ") cannot be resident on this GPU");
+  TORCH_CHECK(groups > 0, "fastlayernorm: a LayerNorm kernel (", threads, " threads, cluster ",
+              cluster, ", ", smem, " bytes of shared memory) cannot be resident on this GPU");
   if (device < 64) cache[device] = groups;
   return groups;
 }
 
 template <typename Kernel, typename Params>
-void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster,
+void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster, size_t smem,
                    const Params& params, cudaStream_t stream) {
   if (cluster == 1) {
-    kernel<<<static_cast<unsigned>(groups), threads, 0, stream>>>(params);
+    kernel<<<static_cast<unsigned>(groups), threads, smem, stream>>>(params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const ClusterLaunchConfig launch(groups * cluster, threads, cluster, stream);
+  const ClusterLaunchConfig launch(groups * cluster, threads, cluster, smem, stream);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, params));
 }
 
@@ -120,10 +127,15 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // The persistent grid for table entry c: as many CTA groups as are resident
 // at once, or fewer when there are fewer rows. `cache` is the launcher's own.
 template <typename Kernel>
-int64_t persistent_groups(Kernel kernel, const KernelConfig& c, int64_t rows,
+int64_t persistent_groups(Kernel kernel, const KernelConfig& c, size_t smem, int64_t rows,
                           ResidencyCache& cache) {
   return std::min(ceil_div(rows, c.rows),
-                  resident_groups(kernel, cta_threads(c), c.cluster, cache));
+                  resident_groups(kernel, cta_threads(c), c.cluster, smem, cache));
+}
+
+// Dynamic shared memory of a kernel staging `tensors` rows of entry c.
+constexpr size_t staging_bytes(const KernelConfig& c, int tensors) {
+  return static_cast<size_t>(c.stages) * tensors * cta_threads(c) * c.bytes_per_thread;
 }
 
 // Calls launch(TableEntry<kTable, I>{}) for the first entry I of kTable whose
@@ -143,6 +155,24 @@ bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
   }
 }
 
+// The tables of an input dtype: 16-bit or 32-bit elements.
+template <typename T, typename Launch>
+bool dispatch_forward_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
+  if constexpr (sizeof(T) == 2) {
+    return dispatch_table<kForwardConfigs16>(row_bytes, clusters_ok, launch);
+  } else {
+    return dispatch_table<kForwardConfigs32>(row_bytes, clusters_ok, launch);
+  }
+}
+template <typename T, typename Launch>
+bool dispatch_backward_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
+  if constexpr (sizeof(T) == 2) {
+    return dispatch_table<kBackwardConfigs16>(row_bytes, clusters_ok, launch);
+  } else {
+    return dispatch_table<kBackwardConfigs32>(row_bytes, clusters_ok, launch);
+  }
+}
+
 // ---- forward ---------------------------------------------------------------
 
 // Launches the forward kernel of `Entry` (a TableEntry, or any type with a
@@ -155,10 +185,11 @@ void launch_forward_entry(Entry, const ForwardParams<T, W>& p, cudaStream_t stre
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
   auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                              min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.prefetch, kShifted>;
+                              min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.stages, kShifted>;
+  constexpr size_t kSmem = staging_bytes(c, 1);
   static ResidencyCache cache{};
-  const int64_t groups = persistent_groups(kernel, c, p.rows, cache);
-  launch_kernel(kernel, groups, cta_threads(c), c.cluster, p, stream);
+  const int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
+  launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
 }
 
 template <typename T, typename W>
@@ -181,7 +212,7 @@ void launch_forward(const ForwardArgs& a) {
     const bool shifted = a.cols % (16 / sizeof(T)) != 0;
     const bool done =
         all_aligned16({&a.input, &a.output, &a.weight, &a.bias}) &&
-        dispatch_table<kForwardConfigs>(
+        dispatch_forward_table<T>(
             row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
               if (shifted) {
                 launch_forward_entry<T, W, true>(entry, p, stream);
@@ -213,10 +244,11 @@ void launch_backward_entry(Entry, BackwardParams<T, W> p, const at::TensorOption
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
   auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
-                              min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.prefetch,
+                              min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
                               kFromOutput, kShifted>;
+  constexpr size_t kSmem = staging_bytes(c, 2);  // x and dy
   static ResidencyCache cache{};
-  int64_t groups = persistent_groups(kernel, c, p.rows, cache);
+  int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
   // A CTA keeps fixed columns across its rows; rows g, g + G, ... start at
   // the same offset from a 16-byte boundary when G * N is a multiple of the
   // vector (always, when N is).
@@ -229,7 +261,7 @@ void launch_backward_entry(Entry, BackwardParams<T, W> p, const at::TensorOption
     p.part_dw = partials.mutable_data_ptr<float>();
     p.part_db = p.part_dw + groups * p.cols;
   }
-  launch_kernel(kernel, groups, cta_threads(c), c.cluster, p, stream);
+  launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   if (want_params) {
     const dim3 block(kFinalizeCols, kFinalizeSlices);
     const auto grid = static_cast<unsigned>(ceil_div(p.cols, kFinalizeCols));
@@ -268,7 +300,7 @@ void launch_backward(const BackwardArgs& a) {
     const bool done =
         !(a.from_output && shifted) &&
         all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias}) &&
-        dispatch_table<kBackwardConfigs>(
+        dispatch_backward_table<T>(
             row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
               if (a.from_output) {
                 launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db, stream);
