@@ -26,7 +26,8 @@ TensorTriple run_forward(const Tensor& input,
                          c10::SymIntArrayRef normalized_shape,
                          const std::optional<Tensor>& weight,
                          const std::optional<Tensor>& bias, double eps,
-                         ForwardKernel kernel) {
+                         ForwardKernel kernel,
+                         std::optional<c10::ScalarType> output_dtype) {
   const auto shape = C10_AS_INTARRAYREF_SLOW(normalized_shape);
   const RowShape rs = check_forward_args(input, shape, weight, bias, eps);
   c10::OptionalDeviceGuard guard(input.device());
@@ -41,7 +42,10 @@ TensorTriple run_forward(const Tensor& input,
                    rs.rows,
                    rs.cols,
                    eps,
-                   at::empty(input.sizes(), input.options().memory_format(contiguous)),
+                   at::empty(input.sizes(),
+                             input.options()
+                                 .dtype(output_dtype.value_or(input.scalar_type()))
+                                 .memory_format(contiguous)),
                    at::empty(stats, stats_options),
                    at::empty(stats, stats_options)};
   if (rs.cols == 0) {
@@ -60,9 +64,9 @@ TensorTriple run_backward(const Tensor& grad_out, const Tensor& input,
                           const std::optional<Tensor>& weight,
                           const std::optional<Tensor>& bias,
                           std::array<bool, 3> output_mask,
-                          BackwardKernel kernel) {
+                          BackwardKernel kernel, bool float_grad_ok) {
   check_backward_args(grad_out, input, normalized_shape, mean, rstd, weight,
-                      bias);
+                      bias, float_grad_ok);
   c10::OptionalDeviceGuard guard(input.device());
   const RowShape rs = row_shape(input, normalized_shape.size());
   const auto contiguous = at::MemoryFormat::Contiguous;

@@ -127,17 +127,25 @@ void check_backward_args(const Tensor& grad_out, const Tensor& input,
                          c10::SymIntArrayRef normalized_shape,
                          const std::optional<Tensor>& mean, const Tensor& rstd,
                          const std::optional<Tensor>& weight,
-                         const std::optional<Tensor>& bias) {
+                         const std::optional<Tensor>& bias, bool float_grad_ok) {
   check_common(input, normalized_shape, weight, bias);
   TORCH_CHECK(grad_out.defined(), "fastlayernorm: grad_out is undefined");
   TORCH_CHECK(grad_out.sym_sizes().equals(input.sym_sizes()),
               "fastlayernorm: expected grad_out of the input's shape ",
               input.sym_sizes(), ", but got grad_out of shape ",
               grad_out.sym_sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
-              "fastlayernorm: expected grad_out of the input's dtype ",
-              input.scalar_type(), ", but got grad_out of dtype ",
-              grad_out.scalar_type());
+  const bool low_precision = input.scalar_type() == at::kHalf ||
+                             input.scalar_type() == at::kBFloat16;
+  if (float_grad_ok && low_precision) {
+    TORCH_CHECK(grad_out.scalar_type() == at::kFloat,
+                "fastlayernorm: expected a float32 grad_out (the float32 output's "
+                "gradient), but got grad_out of dtype ", grad_out.scalar_type());
+  } else {
+    TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
+                "fastlayernorm: expected grad_out of the input's dtype ",
+                input.scalar_type(), ", but got grad_out of dtype ",
+                grad_out.scalar_type());
+  }
   TORCH_CHECK(grad_out.device() == input.device(),
               "fastlayernorm: expected grad_out on the input's device ",
               input.device(), ", but got grad_out on ", grad_out.device());

@@ -40,11 +40,14 @@ void check_forward_args_symbolic(const Tensor& input,
 
 // Checks the backward arguments. `input` is the saved input (or the saved
 // output when the backward rebuilds from the output).
+// With float_grad_ok, a float32 grad_out is accepted for half/bfloat16 input
+// (the backward of the autocast path, whose output is float32).
 void check_backward_args(const Tensor& grad_out, const Tensor& input,
                          c10::SymIntArrayRef normalized_shape,
                          const std::optional<Tensor>& mean, const Tensor& rstd,
                          const std::optional<Tensor>& weight,
-                         const std::optional<Tensor>& bias);
+                         const std::optional<Tensor>& bias,
+                         bool float_grad_ok = false);
 
 // dtype of the saved mean/rstd: float64 for float64 input, else float32.
 c10::ScalarType stats_dtype(c10::ScalarType input_dtype);
@@ -83,16 +86,20 @@ using BackwardKernel = void (*)(const BackwardArgs&);
 
 // The operator bodies shared by the CPU and CUDA backends: check the
 // arguments, make inputs contiguous, allocate the outputs, call the kernel.
+// output_dtype: the output's dtype when not the input's (the autocast path's
+// float32). float_grad_ok: as in check_backward_args.
 TensorTriple run_forward(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                          const std::optional<Tensor>& weight,
                          const std::optional<Tensor>& bias, double eps,
-                         ForwardKernel kernel);
+                         ForwardKernel kernel,
+                         std::optional<c10::ScalarType> output_dtype = std::nullopt);
 
 TensorTriple run_backward(const Tensor& grad_out, const Tensor& input,
                           c10::SymIntArrayRef normalized_shape,
                           const std::optional<Tensor>& mean, const Tensor& rstd,
                           const std::optional<Tensor>& weight,
                           const std::optional<Tensor>& bias,
-                          std::array<bool, 3> output_mask, BackwardKernel kernel);
+                          std::array<bool, 3> output_mask, BackwardKernel kernel,
+                          bool float_grad_ok = false);
 
 }  // namespace fastlayernorm

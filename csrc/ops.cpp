@@ -66,4 +66,39 @@ Tensor layer_norm(const Tensor& input, c10::SymIntArrayRef normalized_shape,
   return op.call(input, normalized_shape, weight, bias, eps, memory_efficient);
 }
 
+TensorTriple layer_norm_fwd_upcast(const Tensor& input,
+                                   c10::SymIntArrayRef normalized_shape,
+                                   const std::optional<Tensor>& weight,
+                                   const std::optional<Tensor>& bias, double eps) {
+  static auto op = handle<TensorTriple(
+      const Tensor&, c10::SymIntArrayRef, const std::optional<Tensor>&,
+      const std::optional<Tensor>&, double)>("fastlayernorm::_layer_norm_fwd_upcast");
+  return op.call(input, normalized_shape, weight, bias, eps);
+}
+
+TensorTriple layer_norm_bwd_upcast(const Tensor& grad_out, const Tensor& input,
+                                   c10::SymIntArrayRef normalized_shape,
+                                   const Tensor& mean, const Tensor& rstd,
+                                   const std::optional<Tensor>& weight,
+                                   const std::optional<Tensor>& bias,
+                                   std::array<bool, 3> output_mask) {
+  static auto op = handle<TensorTriple(
+      const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&,
+      const Tensor&, const std::optional<Tensor>&,
+      const std::optional<Tensor>&, std::array<bool, 3>)>(
+      "fastlayernorm::_layer_norm_bwd_upcast");
+  return op.call(grad_out, input, normalized_shape, mean, rstd, weight, bias,
+                 output_mask);
+}
+
+Tensor layer_norm_upcast(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                         const std::optional<Tensor>& weight,
+                         const std::optional<Tensor>& bias, double eps) {
+  static auto op =
+      handle<Tensor(const Tensor&, c10::SymIntArrayRef,
+                    const std::optional<Tensor>&, const std::optional<Tensor>&,
+                    double)>("fastlayernorm::_layer_norm_upcast");
+  return op.call(input, normalized_shape, weight, bias, eps);
+}
+
 }  // namespace fastlayernorm::ops

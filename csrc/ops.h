@@ -31,4 +31,22 @@ Tensor layer_norm(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                   const std::optional<Tensor>& bias, double eps,
                   bool memory_efficient);
 
+// Autocast's float32 path (registration.cpp): half/bfloat16 input, float32
+// output and grad_out, float32 or no weight/bias.
+TensorTriple layer_norm_fwd_upcast(const Tensor& input,
+                                   c10::SymIntArrayRef normalized_shape,
+                                   const std::optional<Tensor>& weight,
+                                   const std::optional<Tensor>& bias, double eps);
+
+TensorTriple layer_norm_bwd_upcast(const Tensor& grad_out, const Tensor& input,
+                                   c10::SymIntArrayRef normalized_shape,
+                                   const Tensor& mean, const Tensor& rstd,
+                                   const std::optional<Tensor>& weight,
+                                   const std::optional<Tensor>& bias,
+                                   std::array<bool, 3> output_mask);
+
+Tensor layer_norm_upcast(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                         const std::optional<Tensor>& weight,
+                         const std::optional<Tensor>& bias, double eps);
+
 }  // namespace fastlayernorm::ops

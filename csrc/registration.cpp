@@ -35,6 +35,20 @@ TORCH_LIBRARY(fastlayernorm, m) {
   m.def(
       "layer_norm(Tensor input, SymInt[] normalized_shape, Tensor? weight=None, "
       "Tensor? bias=None, float eps=1e-05, bool memory_efficient=False) -> Tensor");
+  // Autocast's float32 path without widening the input first (internal):
+  // half/bfloat16 input, float32 (or no) weight/bias; the output, mean, rstd
+  // are float32; the backward takes a float32 grad_out and returns grad_input
+  // in the input's dtype. _layer_norm_upcast is the differentiable one.
+  m.def(
+      "_layer_norm_fwd_upcast(Tensor input, SymInt[] normalized_shape, Tensor? "
+      "weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_layer_norm_bwd_upcast(Tensor grad_out, Tensor input, SymInt[] "
+      "normalized_shape, Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_layer_norm_upcast(Tensor input, SymInt[] normalized_shape, Tensor? "
+      "weight=None, Tensor? bias=None, float eps=1e-05) -> Tensor");
   // Whether this build carries the CUDA kernels.
   m.def("_cuda_built() -> bool", &cuda_kernels_built);
 }

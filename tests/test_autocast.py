@@ -137,3 +137,77 @@ def test_autocast_disabled_region_and_scripted():
             y = m(x)
     assert y.dtype == torch.float32
     assert rel_err(y, m(x)) == 0.0
+
+
+# ---- the float32-output path without a cast pass (fastlayernorm._layer_norm_upcast) --
+
+UPCAST_DEVICES = [pytest.param("cuda", marks=pytest.mark.cuda, id="cuda"),
+                  pytest.param("cpu", id="cpu")]
+
+
+@pytest.mark.parametrize("device", UPCAST_DEVICES)
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [8, 256, 1000, 4099, 8192])
+@pytest.mark.parametrize("affine", [True, False])
+def test_upcast_op_matches_widened_layer_norm(device, x_dtype, n, affine):
+    """_layer_norm_upcast(x) == F.layer_norm(x.float()) in value and dtype; its
+    gradient reaches x in x's dtype, as through the cast's backward."""
+    x = make_input((37, n), x_dtype, device)
+    w = (torch.rand(n) + 0.5).to(device) if affine else None
+    b = torch.randn(n).to(device) if affine else None
+    xo, wo, bo = _leaves(x, w, b)
+    xt, wt, bt = _leaves(x, w, b)
+    out = torch.ops.fastlayernorm._layer_norm_upcast(xo, [n], wo, bo, 1e-5)
+    ref = F.layer_norm(xt.float(), [n], wt, bt, 1e-5)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert rel_err(out, ref) <= 1e-5
+    g = torch.randn(out.shape, device=device)
+    out.backward(g)
+    ref.backward(g)
+    assert xo.grad.dtype == x_dtype
+    assert rel_err(xo.grad, xt.grad) <= 1e-2
+    if affine:
+        assert wo.grad.dtype == bo.grad.dtype == torch.float32
+        assert rel_err(wo.grad, wt.grad) <= 1e-4 and rel_err(bo.grad, bt.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("device", UPCAST_DEVICES)
+def test_upcast_op_rejects_other_dtypes(device):
+    x = make_input((4, 16), torch.float32, device)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16 input"):
+        torch.ops.fastlayernorm._layer_norm_upcast(x, [16], None, None, 1e-5)
+    xb = x.to(torch.bfloat16)
+    wb = torch.ones(16, device=device, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float32 weight"):
+        torch.ops.fastlayernorm._layer_norm_upcast(xb, [16], wb, None, 1e-5)
+
+
+def _aten_ops(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autocast_does_not_cast_the_input(amp_dtype):
+    """Under autocast, a low-precision input with float32 parameters is read as it is:
+    no cast pass (aten::_to_copy) in the forward or the backward, while F.layer_norm
+    casts (which shows the profiler sees the casts)."""
+    n = 1024
+    x = make_input((64, n), amp_dtype, "cuda").requires_grad_(True)
+    w = (torch.rand(n, device="cuda") + 0.5).requires_grad_(True)
+    b = torch.randn(n, device="cuda").requires_grad_(True)
+
+    def run(fn):
+        with torch.autocast("cuda", dtype=amp_dtype):
+            y = fn(x, [n], w, b, 1e-5)
+        y.backward(torch.ones_like(y))
+        return y
+
+    ours = _aten_ops(lambda: run(fastlayernorm.layer_norm))
+    theirs = _aten_ops(lambda: run(F.layer_norm))
+    assert "aten::_to_copy" in theirs
+    assert "aten::_to_copy" not in ours, sorted(ours)
+    assert "fastlayernorm::_layer_norm_fwd_upcast" in ours
+    assert "fastlayernorm::_layer_norm_bwd_upcast" in ours

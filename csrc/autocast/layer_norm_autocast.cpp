@@ -1,6 +1,7 @@
 // Autocast: torch.nn.functional.layer_norm is on autocast's float32 list, so
 // under torch.autocast it computes and returns float32. fastlayernorm gives
-// the same output dtype.
+// the same output dtype; half/bfloat16 input with float32 parameters takes
+// the path that does not widen the input first (upcast_ops.cpp).
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
@@ -16,6 +17,17 @@ Tensor layer_norm_autocast(const Tensor& input,
                            const std::optional<Tensor>& bias, double eps,
                            bool memory_efficient) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
+  // Half/bfloat16 input with float32 (or no) weight and bias: the kernels
+  // read the input as it is and write float32 (upcast_ops.cpp), no cast pass.
+  const auto float_or_absent = [](const std::optional<Tensor>& t) {
+    return !t.has_value() || !t->defined() || t->scalar_type() == at::kFloat;
+  };
+  const bool low_precision =
+      input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  if (low_precision && !memory_efficient && input.device().type() == device &&
+      float_or_absent(weight) && float_or_absent(bias)) {
+    return ops::layer_norm_upcast(input, normalized_shape, weight, bias, eps);
+  }
   return ops::layer_norm(at::autocast::cached_cast(at::kFloat, input, device),
                          normalized_shape,
                          at::autocast::cached_cast(at::kFloat, weight, device),

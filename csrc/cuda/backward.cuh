@@ -13,9 +13,11 @@
 
 namespace fastlayernorm::cuda {
 
-template <typename T, typename W>
+// G: the dtype of dy, T's own, or float32 for half/bfloat16 input under
+// autocast (the forward wrote a float32 output).
+template <typename T, typename W, typename G = T>
 struct BackwardParams {
-  const T* dy;
+  const G* dy;
   const T* x;  // the forward's input, or its output (FROM_OUTPUT kernels)
   const float* mean;  // null for FROM_OUTPUT kernels
   const float* rstd;
@@ -36,17 +38,19 @@ struct BackwardParams {
 // kept per column): with rows that are not a whole number of 16-byte chunks
 // the launcher makes G a multiple of VEC, so all rows of a CTA start at the
 // same offset from a 16-byte boundary.
-template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
-          int MIN_CTAS, int STAGES, bool FROM_OUTPUT, bool SHIFTED>
+template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int ROWS,
+          int CLUSTER, int MIN_CTAS, int STAGES, bool FROM_OUTPUT, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
-    ln_bwd_kernel(const BackwardParams<T, W> p) {
+    ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
-  // [STAGES][x, dy][ITEMS][kThreads]
+  // [STAGES][x: ITEMS x kThreads slots, dy: ITEMS x kDySlots x kThreads]
   extern __shared__ uint4 staging[];
+  constexpr int kDySlots = static_cast<int>(sizeof(G) / sizeof(T));
+  constexpr int kStageSlots = ITEMS * kThreads * (1 + kDySlots);
 
   const int slot = threadIdx.x / TPR;
   const int lane = threadIdx.x % TPR;
@@ -81,13 +85,15 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 
   // x and dy of a row are widened once (x to x_hat, dy to w*dy).
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
-  const T* dy_end = p.dy + p.rows * static_cast<int64_t>(n);
-  auto stage_of = [&](int s, int tensor) { return staging + (2 * s + tensor) * ITEMS * kThreads; };
+  const G* dy_end = p.dy + p.rows * static_cast<int64_t>(n);
+  auto stage_of = [&](int s, int tensor) {
+    return staging + s * kStageSlots + tensor * ITEMS * kThreads;
+  };
   auto stage_rows = [&](int s, int64_t r) {
     const bool ok = r < p.rows;
     stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(s, 0), kThreads, p.x + r * n, x_end, ok,
                                       thread_in_row, kRowThreads, n, shift);
-    stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(s, 1), kThreads, p.dy + r * n, dy_end, ok,
+    stage_row<SHIFTED, G, VEC, ITEMS>(stage_of(s, 1), kThreads, p.dy + r * n, dy_end, ok,
                                       thread_in_row, kRowThreads, n, shift);
     cp_async_commit();
   };
@@ -100,7 +106,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    Pack<T, VEC> xv[ITEMS], gv[ITEMS];
+    Pack<T, VEC> xv[ITEMS];
+    Pack<G, VEC> gv[ITEMS];
     if constexpr (STAGES > 0) {
       cp_async_wait<STAGES - 1>();
       read_staged_row<SHIFTED>(xv, stage_of(stage, 0), kThreads, row_ok, thread_in_row,

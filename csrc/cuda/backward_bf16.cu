@@ -6,4 +6,5 @@
 namespace fastlayernorm::cuda {
 template void launch_backward<c10::BFloat16, c10::BFloat16>(const BackwardArgs&);
 template void launch_backward<c10::BFloat16, float>(const BackwardArgs&);
+template bool launch_backward_upcast<c10::BFloat16>(const BackwardArgs&);
 }  // namespace fastlayernorm::cuda

@@ -6,4 +6,5 @@
 namespace fastlayernorm::cuda {
 template void launch_backward<c10::Half, c10::Half>(const BackwardArgs&);
 template void launch_backward<c10::Half, float>(const BackwardArgs&);
+template bool launch_backward_upcast<c10::Half>(const BackwardArgs&);
 }  // namespace fastlayernorm::cuda

@@ -344,23 +344,30 @@ __device__ __forceinline__ void cp_async_wait() {
 // Starts copying this thread's chunks of a row into `stage`. A partial chunk
 // (shifted rows) is copied whole from the aligned grid: its other elements
 // belong to the neighbouring row and are masked after reading, except past
-// the end of the tensor (`end`), which is never read.
+// the end of the tensor (`end`), which is never read. A chunk of VEC elements
+// of T is one or more 16-byte slots (two for float dy of a bf16 row), slot s
+// of chunk i at stage[(i * kSlots + s) * cta_threads + threadIdx.x].
 template <bool SHIFTED, typename T, int VEC, int ITEMS>
 __device__ __forceinline__ void stage_row(uint4* stage, int cta_threads, const T* row_ptr,
                                           const T* end, bool row_ok, int thread_in_row,
                                           int row_threads, int n, int shift) {
+  constexpr int kSlots = static_cast<int>(sizeof(T)) * VEC / 16;
+  constexpr int kSlotElems = VEC / kSlots;
   if (!row_ok) return;
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
     if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
-      const T* src = row_ptr + j0;
-      int bytes = 16;
-      if constexpr (SHIFTED) {
-        const int64_t left = (end - src) * static_cast<int64_t>(sizeof(T));
-        bytes = left < 16 ? static_cast<int>(left) : 16;
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        const T* src = row_ptr + j0 + s * kSlotElems;
+        int bytes = 16;
+        if constexpr (SHIFTED) {
+          const int64_t left = (end - src) * static_cast<int64_t>(sizeof(T));
+          bytes = left < 16 ? (left > 0 ? static_cast<int>(left) : 0) : 16;
+        }
+        cp_async16(stage + (i * kSlots + s) * cta_threads + threadIdx.x, src, bytes);
       }
-      cp_async16(stage + i * cta_threads + threadIdx.x, src, bytes);
     }
   }
 }
@@ -371,12 +378,16 @@ template <bool SHIFTED, typename T, int VEC, int ITEMS>
 __device__ __forceinline__ void read_staged_row(Pack<T, VEC> (&packs)[ITEMS], const uint4* stage,
                                                 int cta_threads, bool row_ok, int thread_in_row,
                                                 int row_threads, int n, int shift) {
-  static_assert(sizeof(Pack<T, VEC>) == 16, "a staged chunk is 16 bytes");
+  constexpr int kSlots = static_cast<int>(sizeof(Pack<T, VEC>)) / 16;
+  static_assert(sizeof(Pack<T, VEC>) % 16 == 0, "a staged chunk is whole 16-byte slots");
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
     if (row_ok && (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n))) {
-      *reinterpret_cast<uint4*>(&packs[i]) = stage[i * cta_threads + threadIdx.x];
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        reinterpret_cast<uint4*>(&packs[i])[s] = stage[(i * kSlots + s) * cta_threads + threadIdx.x];
+      }
     } else {
       zero_pack(packs[i]);
     }

@@ -8,12 +8,14 @@
 
 namespace fastlayernorm::cuda {
 
-template <typename T, typename W>
+// O: the output dtype, T's own, or float32 for half/bfloat16 input under
+// autocast (the row is read in its dtype, no cast pass).
+template <typename T, typename W, typename O = T>
 struct ForwardParams {
   const T* x;
   const W* w;  // may be null; 16-byte aligned
   const W* b;  // may be null; 16-byte aligned
-  T* y;
+  O* y;
   float* mean;
   float* rstd;
   int64_t rows;
@@ -28,10 +30,10 @@ struct ForwardParams {
 // off 16-byte boundaries, device_utils.cuh). Persistent: CTA group g of G
 // takes rows g, g + G, g + 2G, ... (its slots the consecutive ones of these).
 // Dynamic shared memory: STAGES * ITEMS * TPR * ROWS * 16 bytes.
-template <typename T, typename W, int VEC, int ITEMS, int TPR, int ROWS, int CLUSTER,
-          int MIN_CTAS, int STAGES, bool SHIFTED>
+template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
+          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
-    ln_fwd_kernel(const ForwardParams<T, W> p) {
+    ln_fwd_kernel(const ForwardParams<T, W, O> p) {
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
@@ -147,9 +149,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
             if (p.w) v[k] *= wf[k];
             if (p.b) v[k] += bf[k];
           }
-          Pack<T, VEC> out;
+          Pack<O, VEC> out;
           store_floats(out, v);
-          store_chunk<T, VEC, SHIFTED>(p.y + offset, j0, n, out);
+          store_chunk<O, VEC, SHIFTED>(p.y + offset, j0, n, out);
         }
       }
       if (thread_in_row == 0) {

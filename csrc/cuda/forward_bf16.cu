@@ -6,4 +6,5 @@
 namespace fastlayernorm::cuda {
 template void launch_forward<c10::BFloat16, c10::BFloat16>(const ForwardArgs&);
 template void launch_forward<c10::BFloat16, float>(const ForwardArgs&);
+template bool launch_forward_upcast<c10::BFloat16>(const ForwardArgs&);
 }  // namespace fastlayernorm::cuda

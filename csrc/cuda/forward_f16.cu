@@ -6,4 +6,5 @@
 namespace fastlayernorm::cuda {
 template void launch_forward<c10::Half, c10::Half>(const ForwardArgs&);
 template void launch_forward<c10::Half, float>(const ForwardArgs&);
+template bool launch_forward_upcast<c10::Half>(const ForwardArgs&);
 }  // namespace fastlayernorm::cuda

@@ -134,8 +134,11 @@ int64_t persistent_groups(Kernel kernel, const KernelConfig& c, size_t smem, int
 }
 
 // Dynamic shared memory of a kernel staging `tensors` rows of entry c.
-constexpr size_t staging_bytes(const KernelConfig& c, int tensors) {
-  return static_cast<size_t>(c.stages) * tensors * cta_threads(c) * c.bytes_per_thread;
+// `slots`: 16-byte slots per chunk of the row's elements, summed over the
+// staged tensors (x: 1; x and a dy of the same dtype: 2; x and float dy of a
+// bf16 row: 3).
+constexpr size_t staging_bytes(const KernelConfig& c, int slots) {
+  return static_cast<size_t>(c.stages) * slots * cta_threads(c) * c.bytes_per_thread;
 }
 
 // Calls launch(TableEntry<kTable, I>{}) for the first entry I of kTable whose
@@ -177,14 +180,14 @@ bool dispatch_backward_table(int64_t row_bytes, bool clusters_ok, Launch&& launc
 
 // Launches the forward kernel of `Entry` (a TableEntry, or any type with a
 // constexpr KernelConfig `config`).
-template <typename T, typename W, bool kShifted, typename Entry>
-void launch_forward_entry(Entry, const ForwardParams<T, W>& p, cudaStream_t stream) {
+template <typename T, typename W, bool kShifted, typename Entry, typename O>
+void launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
   constexpr KernelConfig c = Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
-  auto kernel = ln_fwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
+  auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster,
                               min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.stages, kShifted>;
   constexpr size_t kSmem = staging_bytes(c, 1);
   static ResidencyCache cache{};
@@ -231,22 +234,49 @@ void launch_forward(const ForwardArgs& a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Autocast's float32 path for half/bfloat16 input with float32 (or no)
+// weight/bias: the row is read in its own dtype and written as float32, so
+// the input is not widened by a separate pass. False when no register kernel
+// takes the rows (N not a multiple of 8, misaligned tensors, rows beyond the
+// table): the caller then widens the input instead.
+template <typename T>
+bool launch_forward_upcast(const ForwardArgs& a) {
+  constexpr int64_t kVec = 16 / sizeof(T);
+  if (a.cols % kVec != 0 || a.cols > std::numeric_limits<int>::max() ||
+      !all_aligned16({&a.input, &a.output, &a.weight, &a.bias})) {
+    return false;
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const ForwardParams<T, float, float> p{a.input.const_data_ptr<T>(),
+                                         ptr_or_null<float>(a.weight),
+                                         ptr_or_null<float>(a.bias),
+                                         a.output.mutable_data_ptr<float>(),
+                                         a.mean.mutable_data_ptr<float>(),
+                                         a.rstd.mutable_data_ptr<float>(),
+                                         a.rows,
+                                         static_cast<int>(a.cols),
+                                         static_cast<float>(a.eps)};
+  return dispatch_forward_table<T>(
+      a.cols * static_cast<int64_t>(sizeof(T)), clusters_supported(),
+      [&](auto entry) { launch_forward_entry<T, float, false>(entry, p, stream); });
+}
+
 // ---- backward --------------------------------------------------------------
 
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
 // kernel over its partial rows.
-template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry>
-void launch_backward_entry(Entry, BackwardParams<T, W> p, const at::TensorOptions& float_options,
+template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry, typename G>
+void launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOptions& float_options,
                            W* dw, W* db, cudaStream_t stream) {
   constexpr KernelConfig c = Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
-  auto kernel = ln_bwd_kernel<T, W, kVec, kItems, c.tpr, c.rows, c.cluster,
+  auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster,
                               min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
                               kFromOutput, kShifted>;
-  constexpr size_t kSmem = staging_bytes(c, 2);  // x and dy
+  constexpr size_t kSmem = staging_bytes(c, 1 + sizeof(G) / sizeof(T));  // x and dy
   static ResidencyCache cache{};
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
   // A CTA keeps fixed columns across its rows; rows g, g + G, ... start at
@@ -330,6 +360,36 @@ void launch_backward(const BackwardArgs& a) {
         w, b, dw, db, a.rows, a.cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+// The backward of launch_forward_upcast: float32 dy, x and dx in T, float32
+// (or no) weight. False as there: the caller then widens the input.
+template <typename T>
+bool launch_backward_upcast(const BackwardArgs& a) {
+  constexpr int64_t kVec = 16 / sizeof(T);
+  if (a.from_output || a.cols % kVec != 0 || a.cols > std::numeric_limits<int>::max() ||
+      !all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight})) {
+    return false;
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const BackwardParams<T, float, float> p{a.grad_out.const_data_ptr<float>(),
+                                          a.input.const_data_ptr<T>(),
+                                          a.mean.const_data_ptr<float>(),
+                                          a.rstd.const_data_ptr<float>(),
+                                          ptr_or_null<float>(a.weight),
+                                          nullptr,
+                                          mutable_ptr_or_null<T>(a.grad_input),
+                                          nullptr,
+                                          nullptr,
+                                          a.rows,
+                                          static_cast<int>(a.cols)};
+  const auto float_options = a.input.options().dtype(at::kFloat);
+  float* dw = mutable_ptr_or_null<float>(a.grad_weight);
+  float* db = mutable_ptr_or_null<float>(a.grad_bias);
+  return dispatch_backward_table<T>(
+      a.cols * static_cast<int64_t>(sizeof(T)), clusters_supported(), [&](auto entry) {
+        launch_backward_entry<T, float, false, false>(entry, p, float_options, dw, db, stream);
+      });
 }
 
 }  // namespace fastlayernorm::cuda

@@ -3,6 +3,9 @@
 // kernel_config.h, the launch logic in launch.cuh.
 #include <torch/library.h>
 
+#include <ATen/ops/empty_like.h>
+
+#include "../autocast/upcast_ops.h"
 #include "../backend_ops.h"
 #include "launchers.h"
 
@@ -44,10 +47,57 @@ void dispatch_types(const Args& a) {
 void forward_kernel(const ForwardArgs& a) { dispatch_types<ForwardLauncher>(a); }
 void backward_kernel(const BackwardArgs& a) { dispatch_types<BackwardLauncher>(a); }
 
+// The autocast path (autocast/upcast_ops.cpp): half/bfloat16 rows read in
+// their dtype, float32 written. Rows no register kernel takes are widened
+// first, as the composite kernel does.
+void forward_upcast_kernel(const ForwardArgs& a) {
+  const bool done = a.input.scalar_type() == at::kBFloat16
+                        ? cuda::launch_forward_upcast<c10::BFloat16>(a)
+                        : cuda::launch_forward_upcast<c10::Half>(a);
+  if (done) return;
+  ForwardArgs wide = a;
+  wide.input = a.input.to(at::kFloat);
+  cuda::launch_forward<float, float>(wide);
+}
+
+void backward_upcast_kernel(const BackwardArgs& a) {
+  const bool done = a.input.scalar_type() == at::kBFloat16
+                        ? cuda::launch_backward_upcast<c10::BFloat16>(a)
+                        : cuda::launch_backward_upcast<c10::Half>(a);
+  if (done) return;
+  BackwardArgs wide = a;
+  wide.input = a.input.to(at::kFloat);
+  if (a.grad_input.defined()) wide.grad_input = at::empty_like(wide.input);
+  cuda::launch_backward<float, float>(wide);
+  if (a.grad_input.defined()) a.grad_input.copy_(wide.grad_input);
+}
+
+TensorTriple layer_norm_fwd_upcast_cuda(const Tensor& input,
+                                        c10::SymIntArrayRef normalized_shape,
+                                        const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& bias, double eps) {
+  check_upcast_args(input, weight, bias);
+  return run_forward(input, normalized_shape, weight, bias, eps, &forward_upcast_kernel,
+                     at::kFloat);
+}
+
+TensorTriple layer_norm_bwd_upcast_cuda(const Tensor& grad_out, const Tensor& input,
+                                        c10::SymIntArrayRef normalized_shape,
+                                        const Tensor& mean, const Tensor& rstd,
+                                        const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& bias,
+                                        std::array<bool, 3> output_mask) {
+  check_upcast_args(input, weight, bias);
+  return run_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias,
+                      output_mask, &backward_upcast_kernel, /*float_grad_ok=*/true);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastlayernorm, CUDA, m) {
   impl_backend_ops<&forward_kernel, &backward_kernel>(m);
+  m.impl("_layer_norm_fwd_upcast", &layer_norm_fwd_upcast_cuda);
+  m.impl("_layer_norm_bwd_upcast", &layer_norm_bwd_upcast_cuda);
 }
 
 }  // namespace fastlayernorm

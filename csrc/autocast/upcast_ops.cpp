@@ -1,0 +1,122 @@
+// Autocast's float32 path without a cast pass over the input: under
+// torch.autocast F.layer_norm widens half/bfloat16 input to float32 and
+// returns float32. _layer_norm_upcast gives the same dtype and values, but the
+// CUDA kernels read the input in its own dtype and write float32 directly
+// (cuda/layer_norm_cuda.cu); the backward takes the float32 gradient and
+// returns grad_input in the input's dtype, as the cast's backward would.
+//
+// Here: the argument checks, the composite kernels (every other backend: widen
+// the input, then the float32 operators) and the C++ autograd.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "../ops.h"
+#include "upcast_ops.h"
+
+namespace fastlayernorm {
+
+void check_upcast_args(const Tensor& input, const std::optional<Tensor>& weight,
+                       const std::optional<Tensor>& bias) {
+  TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
+              "fastlayernorm: the float32-output path expects float16 or bfloat16 input, "
+              "but got input of dtype ", input.scalar_type());
+  for (const auto& [name, t] : {std::pair{"weight", &weight}, std::pair{"bias", &bias}}) {
+    TORCH_CHECK(!t->has_value() || !(*t)->defined() || (*t)->scalar_type() == at::kFloat,
+                "fastlayernorm: the float32-output path expects a float32 ", name,
+                " (or none), but got ", name, " of dtype ", (*t)->scalar_type());
+  }
+}
+
+TensorTriple layer_norm_fwd_upcast_composite(const Tensor& input,
+                                             c10::SymIntArrayRef normalized_shape,
+                                             const std::optional<Tensor>& weight,
+                                             const std::optional<Tensor>& bias, double eps) {
+  check_upcast_args(input, weight, bias);
+  return ops::layer_norm_fwd(input.to(at::kFloat), normalized_shape, weight, bias, eps);
+}
+
+TensorTriple layer_norm_bwd_upcast_composite(const Tensor& grad_out, const Tensor& input,
+                                             c10::SymIntArrayRef normalized_shape,
+                                             const Tensor& mean, const Tensor& rstd,
+                                             const std::optional<Tensor>& weight,
+                                             const std::optional<Tensor>& bias,
+                                             std::array<bool, 3> output_mask) {
+  check_upcast_args(input, weight, bias);
+  auto [dx, dw, db] = ops::layer_norm_bwd(grad_out, input.to(at::kFloat), normalized_shape,
+                                          mean, rstd, weight, bias, output_mask);
+  if (dx.defined()) dx = dx.to(input.scalar_type());
+  return {dx, dw, db};
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::optional<Tensor> defined_or_none(const Tensor& t) {
+  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
+}
+
+class LayerNormUpcastFunction : public torch::autograd::Function<LayerNormUpcastFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& input,
+                        c10::SymIntArrayRef normalized_shape,
+                        const std::optional<Tensor>& weight,
+                        const std::optional<Tensor>& bias, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, mean, rstd] =
+        ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps);
+    ctx->saved_data["normalized_shape"] = normalized_shape.vec();
+    ctx->save_for_backward(
+        {input, mean, rstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto shape = ctx->saved_data["normalized_shape"].toSymIntVector();
+    const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2], &w = saved[3],
+                 &b = saved[4];
+    variable_list result(5);
+    if (!grads[0].defined()) return result;
+    const size_t bias_edge = w.defined() ? 2 : 1;
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0),
+                                   w.defined() && ctx->needs_input_grad(1),
+                                   b.defined() && ctx->needs_input_grad(bias_edge)};
+    std::tie(result[0], result[2], result[3]) = ops::layer_norm_bwd_upcast(
+        grads[0].to(at::kFloat), input, shape, mean, rstd, defined_or_none(w),
+        defined_or_none(b), mask);
+    return result;
+  }
+};
+
+Tensor layer_norm_upcast_autograd(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                  const std::optional<Tensor>& weight,
+                                  const std::optional<Tensor>& bias, double eps) {
+  return LayerNormUpcastFunction::apply(input, normalized_shape, weight, bias, eps);
+}
+
+Tensor layer_norm_upcast_below_autograd(const Tensor& input,
+                                        c10::SymIntArrayRef normalized_shape,
+                                        const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& bias, double eps) {
+  return std::get<0>(ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlayernorm, CompositeExplicitAutograd, m) {
+  m.impl("_layer_norm_fwd_upcast", &layer_norm_fwd_upcast_composite);
+  m.impl("_layer_norm_bwd_upcast", &layer_norm_bwd_upcast_composite);
+  m.impl("_layer_norm_upcast", &layer_norm_upcast_below_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastlayernorm, Autograd, m) {
+  m.impl("_layer_norm_upcast", &layer_norm_upcast_autograd);
+  // The building blocks have no derivative of their own: a clear error.
+  m.impl("_layer_norm_fwd_upcast", torch::autograd::autogradNotImplementedFallback());
+  m.impl("_layer_norm_bwd_upcast", torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace fastlayernorm
