@@ -13,15 +13,23 @@ c10::TypedOperatorHandle<Signature> handle(const char* name) {
       .typed<Signature>();
 }
 
+// The forward and backward operators share their signatures with the
+// autocast path's (_layer_norm_fwd_upcast / _layer_norm_bwd_upcast).
+using ForwardSignature = TensorTriple(const Tensor&, c10::SymIntArrayRef,
+                                      const std::optional<Tensor>&,
+                                      const std::optional<Tensor>&, double);
+using BackwardSignature = TensorTriple(const Tensor&, const Tensor&, c10::SymIntArrayRef,
+                                       const Tensor&, const Tensor&,
+                                       const std::optional<Tensor>&,
+                                       const std::optional<Tensor>&, std::array<bool, 3>);
+
 }  // namespace
 
 TensorTriple layer_norm_fwd(const Tensor& input,
                             c10::SymIntArrayRef normalized_shape,
                             const std::optional<Tensor>& weight,
                             const std::optional<Tensor>& bias, double eps) {
-  static auto op = handle<TensorTriple(
-      const Tensor&, c10::SymIntArrayRef, const std::optional<Tensor>&,
-      const std::optional<Tensor>&, double)>("fastlayernorm::layer_norm_fwd");
+  static auto op = handle<ForwardSignature>("fastlayernorm::layer_norm_fwd");
   return op.call(input, normalized_shape, weight, bias, eps);
 }
 
@@ -31,11 +39,7 @@ TensorTriple layer_norm_bwd(const Tensor& grad_out, const Tensor& input,
                             const std::optional<Tensor>& weight,
                             const std::optional<Tensor>& bias,
                             std::array<bool, 3> output_mask) {
-  static auto op = handle<TensorTriple(
-      const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&,
-      const Tensor&, const std::optional<Tensor>&,
-      const std::optional<Tensor>&, std::array<bool, 3>)>(
-      "fastlayernorm::layer_norm_bwd");
+  static auto op = handle<BackwardSignature>("fastlayernorm::layer_norm_bwd");
   return op.call(grad_out, input, normalized_shape, mean, rstd, weight, bias,
                  output_mask);
 }
@@ -70,9 +74,7 @@ TensorTriple layer_norm_fwd_upcast(const Tensor& input,
                                    c10::SymIntArrayRef normalized_shape,
                                    const std::optional<Tensor>& weight,
                                    const std::optional<Tensor>& bias, double eps) {
-  static auto op = handle<TensorTriple(
-      const Tensor&, c10::SymIntArrayRef, const std::optional<Tensor>&,
-      const std::optional<Tensor>&, double)>("fastlayernorm::_layer_norm_fwd_upcast");
+  static auto op = handle<ForwardSignature>("fastlayernorm::_layer_norm_fwd_upcast");
   return op.call(input, normalized_shape, weight, bias, eps);
 }
 
@@ -82,11 +84,7 @@ TensorTriple layer_norm_bwd_upcast(const Tensor& grad_out, const Tensor& input,
                                    const std::optional<Tensor>& weight,
                                    const std::optional<Tensor>& bias,
                                    std::array<bool, 3> output_mask) {
-  static auto op = handle<TensorTriple(
-      const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&,
-      const Tensor&, const std::optional<Tensor>&,
-      const std::optional<Tensor>&, std::array<bool, 3>)>(
-      "fastlayernorm::_layer_norm_bwd_upcast");
+  static auto op = handle<BackwardSignature>("fastlayernorm::_layer_norm_bwd_upcast");
   return op.call(grad_out, input, normalized_shape, mean, rstd, weight, bias,
                  output_mask);
 }

@@ -11,6 +11,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../autograd/autograd_utils.h"
 #include "../ops.h"
 #include "upcast_ops.h"
 
@@ -54,10 +55,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::optional<Tensor> defined_or_none(const Tensor& t) {
-  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
-}
-
 class LayerNormUpcastFunction : public torch::autograd::Function<LayerNormUpcastFunction> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& input,
@@ -80,13 +77,9 @@ class LayerNormUpcastFunction : public torch::autograd::Function<LayerNormUpcast
                  &b = saved[4];
     variable_list result(5);
     if (!grads[0].defined()) return result;
-    const size_t bias_edge = w.defined() ? 2 : 1;
-    const std::array<bool, 3> mask{ctx->needs_input_grad(0),
-                                   w.defined() && ctx->needs_input_grad(1),
-                                   b.defined() && ctx->needs_input_grad(bias_edge)};
     std::tie(result[0], result[2], result[3]) = ops::layer_norm_bwd_upcast(
         grads[0].to(at::kFloat), input, shape, mean, rstd, defined_or_none(w),
-        defined_or_none(b), mask);
+        defined_or_none(b), grad_mask(ctx, w, b));
     return result;
   }
 };

@@ -6,26 +6,13 @@
 #include <torch/library.h>
 
 #include "../ops.h"
+#include "autograd_utils.h"
 
 namespace fastlayernorm {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-std::optional<Tensor> defined_or_none(const Tensor& t) {
-  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
-}
-
-// Which of (input, weight, bias) need a gradient. The context numbers only
-// the tensor arguments that were given: input, then weight and bias if present.
-std::array<bool, 3> grad_mask(AutogradContext* ctx, const Tensor& weight,
-                              const Tensor& bias) {
-  const size_t bias_edge = weight.defined() ? 2 : 1;
-  return {ctx->needs_input_grad(0),
-          weight.defined() && ctx->needs_input_grad(1),
-          bias.defined() && ctx->needs_input_grad(bias_edge)};
-}
 
 // fastlayernorm::layer_norm: saves (input, mean, rstd), or (output, rstd)
 // when memory_efficient is set.

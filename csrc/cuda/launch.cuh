@@ -176,6 +176,38 @@ bool dispatch_backward_table(int64_t row_bytes, bool clusters_ok, Launch&& launc
   }
 }
 
+// The kernels index a row with int.
+inline void check_row_fits_int(int64_t cols) {
+  TORCH_CHECK(cols <= std::numeric_limits<int>::max(),
+              "fastlayernorm: expected at most 2^31-1 normalized elements per "
+              "row on CUDA, but got ", cols);
+}
+
+// Kernel parameters from the operator's arguments (cols already checked to
+// fit an int). O / G: the output / dy dtype.
+template <typename T, typename W, typename O>
+ForwardParams<T, W, O> forward_params(const ForwardArgs& a) {
+  return {a.input.const_data_ptr<T>(),         ptr_or_null<W>(a.weight),
+          ptr_or_null<W>(a.bias),              a.output.mutable_data_ptr<O>(),
+          a.mean.mutable_data_ptr<float>(),    a.rstd.mutable_data_ptr<float>(),
+          a.rows,                              static_cast<int>(a.cols),
+          static_cast<float>(a.eps)};
+}
+template <typename T, typename W, typename G>
+BackwardParams<T, W, G> backward_params(const BackwardArgs& a) {
+  return {a.grad_out.const_data_ptr<G>(),
+          a.input.const_data_ptr<T>(),
+          a.from_output ? nullptr : a.mean.const_data_ptr<float>(),
+          a.rstd.const_data_ptr<float>(),
+          ptr_or_null<W>(a.weight),
+          ptr_or_null<W>(a.bias),
+          mutable_ptr_or_null<T>(a.grad_input),
+          nullptr,  // partials: set by launch_backward_entry
+          nullptr,
+          a.rows,
+          static_cast<int>(a.cols)};
+}
+
 // ---- forward ---------------------------------------------------------------
 
 // Launches the forward kernel of `Entry` (a TableEntry, or any type with a
@@ -199,19 +231,9 @@ template <typename T, typename W>
 void launch_forward(const ForwardArgs& a) {
   using A = acc_type_t<T>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TORCH_CHECK(a.cols <= std::numeric_limits<int>::max(),
-              "fastlayernorm: expected at most 2^31-1 normalized elements per "
-              "row on CUDA, but got ", a.cols);
+  check_row_fits_int(a.cols);
   if constexpr (!std::is_same_v<T, double>) {
-    const ForwardParams<T, W> p{a.input.const_data_ptr<T>(),
-                                ptr_or_null<W>(a.weight),
-                                ptr_or_null<W>(a.bias),
-                                a.output.mutable_data_ptr<T>(),
-                                a.mean.mutable_data_ptr<float>(),
-                                a.rstd.mutable_data_ptr<float>(),
-                                a.rows,
-                                static_cast<int>(a.cols),
-                                static_cast<float>(a.eps)};
+    const auto p = forward_params<T, W, T>(a);
     const bool shifted = a.cols % (16 / sizeof(T)) != 0;
     const bool done =
         all_aligned16({&a.input, &a.output, &a.weight, &a.bias}) &&
@@ -247,15 +269,7 @@ bool launch_forward_upcast(const ForwardArgs& a) {
     return false;
   }
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const ForwardParams<T, float, float> p{a.input.const_data_ptr<T>(),
-                                         ptr_or_null<float>(a.weight),
-                                         ptr_or_null<float>(a.bias),
-                                         a.output.mutable_data_ptr<float>(),
-                                         a.mean.mutable_data_ptr<float>(),
-                                         a.rstd.mutable_data_ptr<float>(),
-                                         a.rows,
-                                         static_cast<int>(a.cols),
-                                         static_cast<float>(a.eps)};
+  const auto p = forward_params<T, float, float>(a);
   return dispatch_forward_table<T>(
       a.cols * static_cast<int64_t>(sizeof(T)), clusters_supported(),
       [&](auto entry) { launch_forward_entry<T, float, false>(entry, p, stream); });
@@ -305,24 +319,12 @@ template <typename T, typename W>
 void launch_backward(const BackwardArgs& a) {
   using A = acc_type_t<T>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  TORCH_CHECK(a.cols <= std::numeric_limits<int>::max(),
-              "fastlayernorm: expected at most 2^31-1 normalized elements per "
-              "row on CUDA, but got ", a.cols);
+  check_row_fits_int(a.cols);
   W* dw = mutable_ptr_or_null<W>(a.grad_weight);
   W* db = mutable_ptr_or_null<W>(a.grad_bias);
   const A* mean = a.from_output ? nullptr : a.mean.const_data_ptr<A>();
   if constexpr (!std::is_same_v<T, double>) {
-    const BackwardParams<T, W> p{a.grad_out.const_data_ptr<T>(),
-                                 a.input.const_data_ptr<T>(),
-                                 mean,
-                                 a.rstd.const_data_ptr<float>(),
-                                 ptr_or_null<W>(a.weight),
-                                 ptr_or_null<W>(a.bias),
-                                 mutable_ptr_or_null<T>(a.grad_input),
-                                 nullptr,
-                                 nullptr,
-                                 a.rows,
-                                 static_cast<int>(a.cols)};
+    const auto p = backward_params<T, W, T>(a);
     const auto float_options = a.input.options().dtype(at::kFloat);
     const bool shifted = a.cols % (16 / sizeof(T)) != 0;
     // The memory-saving mode (rebuild from the output) has register kernels
@@ -372,17 +374,7 @@ bool launch_backward_upcast(const BackwardArgs& a) {
     return false;
   }
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const BackwardParams<T, float, float> p{a.grad_out.const_data_ptr<float>(),
-                                          a.input.const_data_ptr<T>(),
-                                          a.mean.const_data_ptr<float>(),
-                                          a.rstd.const_data_ptr<float>(),
-                                          ptr_or_null<float>(a.weight),
-                                          nullptr,
-                                          mutable_ptr_or_null<T>(a.grad_input),
-                                          nullptr,
-                                          nullptr,
-                                          a.rows,
-                                          static_cast<int>(a.cols)};
+  const auto p = backward_params<T, float, float>(a);
   const auto float_options = a.input.options().dtype(at::kFloat);
   float* dw = mutable_ptr_or_null<float>(a.grad_weight);
   float* db = mutable_ptr_or_null<float>(a.grad_bias);
