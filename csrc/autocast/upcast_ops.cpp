@@ -5,13 +5,12 @@
 // (cuda/layer_norm_cuda.cu); the backward takes the float32 gradient and
 // returns grad_input in the input's dtype, as the cast's backward would.
 //
-// Here: the argument checks, the composite kernels (every other backend: widen
-// the input, then the float32 operators) and the C++ autograd.
+// Here: the argument checks and the composite kernels (every other backend:
+// widen the input, then the float32 operators); the C++ autograd of
+// _layer_norm_upcast is in autograd/layer_norm_autograd.cpp.
 #include <ATen/ATen.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "../autograd/autograd_utils.h"
 #include "../ops.h"
 #include "upcast_ops.h"
 
@@ -50,66 +49,9 @@ TensorTriple layer_norm_bwd_upcast_composite(const Tensor& grad_out, const Tenso
   return {dx, dw, db};
 }
 
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-class LayerNormUpcastFunction : public torch::autograd::Function<LayerNormUpcastFunction> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& input,
-                        c10::SymIntArrayRef normalized_shape,
-                        const std::optional<Tensor>& weight,
-                        const std::optional<Tensor>& bias, double eps) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, mean, rstd] =
-        ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps);
-    ctx->saved_data["normalized_shape"] = normalized_shape.vec();
-    ctx->save_for_backward(
-        {input, mean, rstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
-    return output;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto shape = ctx->saved_data["normalized_shape"].toSymIntVector();
-    const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2], &w = saved[3],
-                 &b = saved[4];
-    variable_list result(5);
-    if (!grads[0].defined()) return result;
-    std::tie(result[0], result[2], result[3]) = ops::layer_norm_bwd_upcast(
-        grads[0].to(at::kFloat), input, shape, mean, rstd, defined_or_none(w),
-        defined_or_none(b), grad_mask(ctx, w, b));
-    return result;
-  }
-};
-
-Tensor layer_norm_upcast_autograd(const Tensor& input, c10::SymIntArrayRef normalized_shape,
-                                  const std::optional<Tensor>& weight,
-                                  const std::optional<Tensor>& bias, double eps) {
-  return LayerNormUpcastFunction::apply(input, normalized_shape, weight, bias, eps);
-}
-
-Tensor layer_norm_upcast_below_autograd(const Tensor& input,
-                                        c10::SymIntArrayRef normalized_shape,
-                                        const std::optional<Tensor>& weight,
-                                        const std::optional<Tensor>& bias, double eps) {
-  return std::get<0>(ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps));
-}
-
-}  // namespace
-
 TORCH_LIBRARY_IMPL(fastlayernorm, CompositeExplicitAutograd, m) {
   m.impl("_layer_norm_fwd_upcast", &layer_norm_fwd_upcast_composite);
   m.impl("_layer_norm_bwd_upcast", &layer_norm_bwd_upcast_composite);
-  m.impl("_layer_norm_upcast", &layer_norm_upcast_below_autograd);
-}
-
-TORCH_LIBRARY_IMPL(fastlayernorm, Autograd, m) {
-  m.impl("_layer_norm_upcast", &layer_norm_upcast_autograd);
-  // The building blocks have no derivative of their own: a clear error.
-  m.impl("_layer_norm_fwd_upcast", torch::autograd::autogradNotImplementedFallback());
-  m.impl("_layer_norm_bwd_upcast", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace fastlayernorm

@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include "../ops.h"
-#include "autograd_utils.h"
 
 namespace fastlayernorm {
 namespace {
@@ -14,9 +13,26 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+std::optional<Tensor> defined_or_none(const Tensor& t) {
+  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
+}
+
+// Which of (input, weight, bias) need a gradient. The context numbers only
+// the tensor arguments that were given: input, then weight and bias if present.
+std::array<bool, 3> grad_mask(AutogradContext* ctx, const Tensor& weight,
+                              const Tensor& bias) {
+  const size_t bias_edge = weight.defined() ? 2 : 1;
+  return {ctx->needs_input_grad(0),
+          weight.defined() && ctx->needs_input_grad(1),
+          bias.defined() && ctx->needs_input_grad(bias_edge)};
+}
+
 // fastlayernorm::layer_norm: saves (input, mean, rstd), or (output, rstd)
-// when memory_efficient is set.
-class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
+// when memory_efficient is set. kUpcast: fastlayernorm::_layer_norm_upcast,
+// the autocast path (float32 output from half/bfloat16 input; never
+// memory_efficient), through the _upcast forward and backward operators.
+template <bool kUpcast>
+class LayerNormFunction : public torch::autograd::Function<LayerNormFunction<kUpcast>> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& input,
                         c10::SymIntArrayRef normalized_shape,
@@ -25,7 +41,8 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
                         bool memory_efficient) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, mean, rstd] =
-        ops::layer_norm_fwd(input, normalized_shape, weight, bias, eps);
+        kUpcast ? ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps)
+                : ops::layer_norm_fwd(input, normalized_shape, weight, bias, eps);
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->saved_data["memory_efficient"] = memory_efficient;
     const Tensor w = weight.value_or(Tensor());
@@ -55,9 +72,9 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
     } else {
       const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2],
                    &w = saved[3], &b = saved[4];
-      std::tie(dx, dw, db) = ops::layer_norm_bwd(
-          grad, input, shape, mean, rstd, defined_or_none(w),
-          defined_or_none(b), grad_mask(ctx, w, b));
+      const auto bwd = kUpcast ? &ops::layer_norm_bwd_upcast : &ops::layer_norm_bwd;
+      std::tie(dx, dw, db) = bwd(grad, input, shape, mean, rstd, defined_or_none(w),
+                                 defined_or_none(b), grad_mask(ctx, w, b));
     }
     result[0] = dx;
     result[2] = dw;
@@ -121,8 +138,15 @@ Tensor layer_norm_autograd(const Tensor& input,
                            const std::optional<Tensor>& weight,
                            const std::optional<Tensor>& bias, double eps,
                            bool memory_efficient) {
-  return LayerNormFunction::apply(input, normalized_shape, weight, bias, eps,
-                                  memory_efficient);
+  return LayerNormFunction<false>::apply(input, normalized_shape, weight, bias, eps,
+                                         memory_efficient);
+}
+
+Tensor layer_norm_upcast_autograd(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                  const std::optional<Tensor>& weight,
+                                  const std::optional<Tensor>& bias, double eps) {
+  return LayerNormFunction<true>::apply(input, normalized_shape, weight, bias, eps,
+                                        /*memory_efficient=*/false);
 }
 
 TensorTriple layer_norm_fwd_autograd(const Tensor& input,
@@ -146,6 +170,13 @@ Tensor layer_norm_below_autograd(const Tensor& input,
       ops::layer_norm_fwd(input, normalized_shape, weight, bias, eps));
 }
 
+Tensor layer_norm_upcast_below_autograd(const Tensor& input,
+                                        c10::SymIntArrayRef normalized_shape,
+                                        const std::optional<Tensor>& weight,
+                                        const std::optional<Tensor>& bias, double eps) {
+  return std::get<0>(ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastlayernorm, Autograd, m) {
@@ -156,10 +187,14 @@ TORCH_LIBRARY_IMPL(fastlayernorm, Autograd, m) {
   m.impl("layer_norm_bwd", torch::autograd::autogradNotImplementedFallback());
   m.impl("layer_norm_bwd_from_output",
          torch::autograd::autogradNotImplementedFallback());
+  m.impl("_layer_norm_upcast", &layer_norm_upcast_autograd);
+  m.impl("_layer_norm_fwd_upcast", torch::autograd::autogradNotImplementedFallback());
+  m.impl("_layer_norm_bwd_upcast", torch::autograd::autogradNotImplementedFallback());
 }
 
 TORCH_LIBRARY_IMPL(fastlayernorm, CompositeExplicitAutograd, m) {
   m.impl("layer_norm", &layer_norm_below_autograd);
+  m.impl("_layer_norm_upcast", &layer_norm_upcast_below_autograd);
 }
 
 }  // namespace fastlayernorm

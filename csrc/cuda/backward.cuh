@@ -30,6 +30,13 @@ struct BackwardParams {
   int cols;
 };
 
+// 16-byte shared-memory slots a staged chunk of x and of dy take together
+// (dy may be float32 for a 16-bit x: two slots).
+template <typename T, typename G>
+constexpr int staged_slots() {
+  return 1 + static_cast<int>(sizeof(G) / sizeof(T));
+}
+
 // FROM_OUTPUT: x holds the forward's output y and x_hat = (y - b) / w is
 // rebuilt from it (memory-saving mode); otherwise x_hat = (x - mean) * rstd.
 // Rows as in the forward (group g of G takes rows g, g + G, ...; STAGES rows
@@ -47,10 +54,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
-  // [STAGES][x: ITEMS x kThreads slots, dy: ITEMS x kDySlots x kThreads]
+  // [STAGES][x: ITEMS x kThreads slots, then dy: ITEMS x (its slots) x kThreads]
   extern __shared__ uint4 staging[];
-  constexpr int kDySlots = static_cast<int>(sizeof(G) / sizeof(T));
-  constexpr int kStageSlots = ITEMS * kThreads * (1 + kDySlots);
+  constexpr int kStageSlots = ITEMS * kThreads * staged_slots<T, G>();
 
   const int slot = threadIdx.x / TPR;
   const int lane = threadIdx.x % TPR;
@@ -171,7 +177,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-        if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) v[k] = (wg[i][k] - (xh[i][k] * c1 + c2)) * rstd;
@@ -222,7 +228,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
           for (int k = 0; k < VEC; ++k) out.v[k] = acc[i][k];
           store_pack(part_row + j0, out);
-        } else if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+        } else if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
             if (col_in_row(j0 + k, n)) part_row[j0 + k] = acc[i][k];

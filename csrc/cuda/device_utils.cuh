@@ -241,9 +241,14 @@ template <int VEC, bool SHIFTED>
 __device__ __forceinline__ bool chunk_full(int j0, int n) {
   return SHIFTED ? (j0 >= 0 && j0 + VEC <= n) : j0 < n;
 }
+// The chunk holds at least one of the row's columns.
+template <int VEC, bool SHIFTED>
+__device__ __forceinline__ bool chunk_in_row(int j0, int n) {
+  return SHIFTED ? (j0 < n && j0 + VEC > 0) : j0 < n;
+}
 template <int VEC, bool SHIFTED>
 __device__ __forceinline__ bool chunk_partial(int j0, int n) {
-  return SHIFTED && j0 < n && j0 + VEC > 0 && !(j0 >= 0 && j0 + VEC <= n);
+  return SHIFTED && chunk_in_row<VEC, true>(j0, n) && !chunk_full<VEC, true>(j0, n);
 }
 __device__ __forceinline__ bool col_in_row(int j, int n) {
   return static_cast<unsigned>(j) < static_cast<unsigned>(n);
@@ -268,7 +273,7 @@ __device__ __forceinline__ Pack<T, VEC> load_chunk(const T* ptr, int j0, int n, 
   if (chunk_full<VEC, SHIFTED>(j0, n) && (!SHIFTED || aligned)) {
     return load_pack<T, VEC>(ptr + j0);
   }
-  if (SHIFTED && j0 < n && j0 + VEC > 0) return load_partial_chunk<T, VEC>(ptr, j0, n);
+  if (SHIFTED && chunk_in_row<VEC, true>(j0, n)) return load_partial_chunk<T, VEC>(ptr, j0, n);
   Pack<T, VEC> p;
   zero_pack(p);
   return p;
@@ -357,7 +362,7 @@ __device__ __forceinline__ void stage_row(uint4* stage, int cta_threads, const T
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
-    if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+    if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
       for (int s = 0; s < kSlots; ++s) {
         const T* src = row_ptr + j0 + s * kSlotElems;
@@ -383,7 +388,7 @@ __device__ __forceinline__ void read_staged_row(Pack<T, VEC> (&packs)[ITEMS], co
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, row_threads, shift);
-    if (row_ok && (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n))) {
+    if (row_ok && chunk_in_row<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
       for (int s = 0; s < kSlots; ++s) {
         reinterpret_cast<uint4*>(&packs[i])[s] = stage[(i * kSlots + s) * cta_threads + threadIdx.x];

@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-        if (chunk_full<VEC, SHIFTED>(j0, n) || chunk_partial<VEC, SHIFTED>(j0, n)) {
+        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
           // weight/bias are 16-byte aligned: their chunk is aligned with the
           // row's only when the row is.
           float wf[VEC], bf[VEC];

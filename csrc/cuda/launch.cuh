@@ -158,21 +158,13 @@ bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
   }
 }
 
-// The tables of an input dtype: 16-bit or 32-bit elements.
-template <typename T, typename Launch>
-bool dispatch_forward_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
+// The table of an input dtype among a 16-bit and a 32-bit one.
+template <typename T, const auto& kTable16, const auto& kTable32, typename Launch>
+bool dispatch_table_for(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
   if constexpr (sizeof(T) == 2) {
-    return dispatch_table<kForwardConfigs16>(row_bytes, clusters_ok, launch);
+    return dispatch_table<kTable16>(row_bytes, clusters_ok, launch);
   } else {
-    return dispatch_table<kForwardConfigs32>(row_bytes, clusters_ok, launch);
-  }
-}
-template <typename T, typename Launch>
-bool dispatch_backward_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
-  if constexpr (sizeof(T) == 2) {
-    return dispatch_table<kBackwardConfigs16>(row_bytes, clusters_ok, launch);
-  } else {
-    return dispatch_table<kBackwardConfigs32>(row_bytes, clusters_ok, launch);
+    return dispatch_table<kTable32>(row_bytes, clusters_ok, launch);
   }
 }
 
@@ -227,26 +219,38 @@ void launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
 }
 
+// Launches the register kernel of the table entry that holds the rows; false
+// when none takes them (a tensor off a 16-byte boundary, rows beyond the
+// table, clusters this GPU lacks): the caller then takes another path. The
+// autocast path (O = float) has kernels for rows of whole 16-byte chunks
+// only (N a multiple of the vector): fewer instantiations to compile.
+template <typename T, typename W, typename O>
+bool launch_forward_registers(const ForwardArgs& a) {
+  constexpr bool kShiftedKernels = std::is_same_v<O, T>;
+  const bool shifted = a.cols % (16 / sizeof(T)) != 0;
+  if ((shifted && !kShiftedKernels) || a.cols > std::numeric_limits<int>::max() ||
+      !all_aligned16({&a.input, &a.output, &a.weight, &a.bias})) {
+    return false;
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto p = forward_params<T, W, O>(a);
+  return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
+      row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
+        if constexpr (kShiftedKernels) {
+          if (shifted) return launch_forward_entry<T, W, true>(entry, p, stream);
+        }
+        launch_forward_entry<T, W, false>(entry, p, stream);
+      });
+}
+
 template <typename T, typename W>
 void launch_forward(const ForwardArgs& a) {
   using A = acc_type_t<T>;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   check_row_fits_int(a.cols);
   if constexpr (!std::is_same_v<T, double>) {
-    const auto p = forward_params<T, W, T>(a);
-    const bool shifted = a.cols % (16 / sizeof(T)) != 0;
-    const bool done =
-        all_aligned16({&a.input, &a.output, &a.weight, &a.bias}) &&
-        dispatch_forward_table<T>(
-            row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
-              if (shifted) {
-                launch_forward_entry<T, W, true>(entry, p, stream);
-              } else {
-                launch_forward_entry<T, W, false>(entry, p, stream);
-              }
-            });
-    if (done) return;
+    if (launch_forward_registers<T, W, T>(a)) return;
   }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t grid = std::min<int64_t>(
       a.rows, 8 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   ln_fwd_fallback_kernel<T, W, A><<<static_cast<unsigned>(grid), kFallbackThreads, 0, stream>>>(
@@ -259,20 +263,10 @@ void launch_forward(const ForwardArgs& a) {
 // Autocast's float32 path for half/bfloat16 input with float32 (or no)
 // weight/bias: the row is read in its own dtype and written as float32, so
 // the input is not widened by a separate pass. False when no register kernel
-// takes the rows (N not a multiple of 8, misaligned tensors, rows beyond the
-// table): the caller then widens the input instead.
+// takes the rows: the caller then widens the input instead.
 template <typename T>
 bool launch_forward_upcast(const ForwardArgs& a) {
-  constexpr int64_t kVec = 16 / sizeof(T);
-  if (a.cols % kVec != 0 || a.cols > std::numeric_limits<int>::max() ||
-      !all_aligned16({&a.input, &a.output, &a.weight, &a.bias})) {
-    return false;
-  }
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto p = forward_params<T, float, float>(a);
-  return dispatch_forward_table<T>(
-      a.cols * static_cast<int64_t>(sizeof(T)), clusters_supported(),
-      [&](auto entry) { launch_forward_entry<T, float, false>(entry, p, stream); });
+  return launch_forward_registers<T, float, float>(a);
 }
 
 // ---- backward --------------------------------------------------------------
@@ -290,7 +284,7 @@ void launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster,
                               min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
                               kFromOutput, kShifted>;
-  constexpr size_t kSmem = staging_bytes(c, 1 + sizeof(G) / sizeof(T));  // x and dy
+  constexpr size_t kSmem = staging_bytes(c, staged_slots<T, G>());  // x and dy
   static ResidencyCache cache{};
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
   // A CTA keeps fixed columns across its rows; rows g, g + G, ... start at
@@ -315,35 +309,48 @@ void launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   }
 }
 
+// As launch_forward_registers. The memory-saving mode (rebuild from the
+// output) has register kernels for rows of whole 16-byte chunks; the
+// autocast path (G = float) neither shifted rows nor the memory-saving mode.
+template <typename T, typename W, typename G>
+bool launch_backward_registers(const BackwardArgs& a) {
+  constexpr bool kAllVariants = std::is_same_v<G, T>;
+  const bool shifted = a.cols % (16 / sizeof(T)) != 0;
+  const bool has_kernel = kAllVariants ? !(shifted && a.from_output) : !(shifted || a.from_output);
+  if (!has_kernel || a.cols > std::numeric_limits<int>::max() ||
+      !all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias})) {
+    return false;
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto p = backward_params<T, W, G>(a);
+  const auto float_options = a.input.options().dtype(at::kFloat);
+  W* dw = mutable_ptr_or_null<W>(a.grad_weight);
+  W* db = mutable_ptr_or_null<W>(a.grad_bias);
+  return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
+      row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
+        if constexpr (kAllVariants) {
+          if (a.from_output) {
+            return launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db, stream);
+          }
+          if (shifted) {
+            return launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db, stream);
+          }
+        }
+        launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
+      });
+}
+
 template <typename T, typename W>
 void launch_backward(const BackwardArgs& a) {
   using A = acc_type_t<T>;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   check_row_fits_int(a.cols);
+  if constexpr (!std::is_same_v<T, double>) {
+    if (launch_backward_registers<T, W, T>(a)) return;
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   W* dw = mutable_ptr_or_null<W>(a.grad_weight);
   W* db = mutable_ptr_or_null<W>(a.grad_bias);
   const A* mean = a.from_output ? nullptr : a.mean.const_data_ptr<A>();
-  if constexpr (!std::is_same_v<T, double>) {
-    const auto p = backward_params<T, W, T>(a);
-    const auto float_options = a.input.options().dtype(at::kFloat);
-    const bool shifted = a.cols % (16 / sizeof(T)) != 0;
-    // The memory-saving mode (rebuild from the output) has register kernels
-    // for rows of whole 16-byte chunks; other rows take the fallback.
-    const bool done =
-        !(a.from_output && shifted) &&
-        all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias}) &&
-        dispatch_backward_table<T>(
-            row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
-              if (a.from_output) {
-                launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db, stream);
-              } else if (shifted) {
-                launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db, stream);
-              } else {
-                launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
-              }
-            });
-    if (done) return;
-  }
   const W* w = ptr_or_null<W>(a.weight);
   const W* b = ptr_or_null<W>(a.bias);
   const A* rstd = a.rstd.const_data_ptr<A>();
@@ -368,20 +375,7 @@ void launch_backward(const BackwardArgs& a) {
 // (or no) weight. False as there: the caller then widens the input.
 template <typename T>
 bool launch_backward_upcast(const BackwardArgs& a) {
-  constexpr int64_t kVec = 16 / sizeof(T);
-  if (a.from_output || a.cols % kVec != 0 || a.cols > std::numeric_limits<int>::max() ||
-      !all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight})) {
-    return false;
-  }
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto p = backward_params<T, float, float>(a);
-  const auto float_options = a.input.options().dtype(at::kFloat);
-  float* dw = mutable_ptr_or_null<float>(a.grad_weight);
-  float* db = mutable_ptr_or_null<float>(a.grad_bias);
-  return dispatch_backward_table<T>(
-      a.cols * static_cast<int64_t>(sizeof(T)), clusters_supported(), [&](auto entry) {
-        launch_backward_entry<T, float, false, false>(entry, p, float_options, dw, db, stream);
-      });
+  return launch_backward_registers<T, float, float>(a);
 }
 
 }  // namespace fastlayernorm::cuda
