@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/fastlayernorm-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 stages=${*:-build test sanitize bench}
-summary="$OUT/summary.txt"
+summary="$OUT/${SUMMARY:-summary}.txt"  # SUMMARY: a name per invocation run side by side
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
 
@@ -64,17 +64,33 @@ except RuntimeError as e:
         note "compute-sanitizer $tool rc=$? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
       done
       ;;
-    tune-build)
-      # Compiles the sweep's kernels (CPU only: can overlap the tests).
-      MAX_JOBS=16 python3 benchmarks/tune_kernels.py --build-only ${TUNE_ARGS:-} \
-        > "$OUT/tune_build.log" 2>&1
-      note "tune-build rc=$? ($(( $(date +%s) - start ))s)"
+    tune-build|tune)
+      # Kernel-configuration sweep (benchmarks/tune_kernels.py), one per
+      # argument set of TUNE_SETS ('|'-separated; default: TUNE_ARGS), each in
+      # its own build directory. tune-build compiles only (CPU: can overlap
+      # the tests).
+      IFS='|' read -r -a sets <<< "${TUNE_SETS:-${TUNE_ARGS:-}}"
+      [ ${#sets[@]} -gt 0 ] || sets=("")
+      for i in "${!sets[@]}"; do
+        args=(${sets[$i]} --build-dir "/tmp/fastlayernorm-tune-$i")
+        if [ "$stage" = tune-build ]; then
+          MAX_JOBS=16 python3 benchmarks/tune_kernels.py --build-only "${args[@]}" \
+            > "$OUT/tune_build$i.log" 2>&1
+          note "tune-build $i rc=$? ($(( $(date +%s) - start ))s)"
+        else
+          MAX_JOBS=16 timeout ${TUNE_TIMEOUT:-420} python3 benchmarks/tune_kernels.py \
+            --out "$OUT/tune$i.json" "${args[@]}" > "$OUT/tune$i.log" 2>&1
+          note "tune $i rc=$? ($(( $(date +%s) - start ))s): $(grep -c '%' "$OUT/tune$i.log") lines"
+        fi
+      done
       ;;
-    tune)
-      # Kernel-configuration sweep (benchmarks/tune_kernels.py).
-      MAX_JOBS=16 timeout ${TUNE_TIMEOUT:-420} python3 benchmarks/tune_kernels.py \
-        --out "$OUT/tune.json" ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1
-      note "tune rc=$? ($(( $(date +%s) - start ))s): $(grep -c '%' "$OUT/tune.log") lines"
+    ncu)
+      # Nsight Compute: the forward kernels of fastlayernorm and its peers.
+      ncu --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats python3 benchmarks/ncu_compare.py ${NCU_ARGS:-} \
+        > "$OUT/ncu.txt" 2>&1
+      note "ncu rc=$? ($(( $(date +%s) - start ))s)"
       ;;
     cpp)
       # The LibTorch build and its ctest suite (CUDA cases included here).

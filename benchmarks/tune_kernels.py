@@ -44,8 +44,10 @@ def row_threads_options(row_bytes: int, bpt: int):
     return sorted({warps, pow2})
 
 
-def candidates(direction: str, row_bytes: int):
-    """(tpr, bytes_per_thread, rows, cluster, stages, min_threads) tuples."""
+def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2)):
+    """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, persistent) tuples.
+    grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
+    bwd_stages: the backward's staged rows to try (while they fit in 200 KiB)."""
     out = []
     bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
     max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
@@ -61,12 +63,16 @@ def candidates(direction: str, row_bytes: int):
                     row_opts = [1] if cluster > 1 or tpr > 128 else [1, 2]
                 else:
                     row_opts = [r for r in (2, 4, 8, 16, 32, 64, 128) if tpr * r in (128, 256)]
-                for rows, stages in itertools.product(row_opts, (0, 1, 2)):
+                stage_opts = (0, 1, 2) if direction == "fwd" else bwd_stages
+                for rows, stages in itertools.product(row_opts, stage_opts):
+                    if direction == "bwd" and stages * 2 * tpr * rows * bpt > 200 * 1024:
+                        continue
                     mins = [1024 if direction == "fwd" else 512]
                     if direction == "fwd" and bpt == 64 and stages == 1:
                         mins.append(512)  # more registers: 64 bytes of bf16 spill at 64
-                    for min_threads in mins:
-                        out.append((tpr, bpt, rows, cluster, stages, min_threads))
+                    for min_threads, persistent in itertools.product(
+                            mins, grids if direction == "fwd" else (1,)):
+                        out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
     return out
 
 
@@ -81,12 +87,12 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
         part = plan[start:start + chunk]
         lines = ['#include "cuda/launch.cuh"', "namespace fastlayernorm::cuda::tune {"]
         for idx, c in part:
-            tpr, bpt, rows, cluster, stages, min_threads = c["cfg"]
+            tpr, bpt, rows, cluster, stages, min_threads, persistent = c["cfg"]
             ctype = DTYPES[c["dtype"]][0]
             shifted = "true" if c["shifted"] else "false"
             lines.append(
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
-                f"{rows}, {cluster}, {stages}, {min_threads}}}; }};")
+                f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -138,6 +144,9 @@ def main():
     ap.add_argument("--build-dir", default="/tmp/fastlayernorm-tune")
     ap.add_argument("--out", default="tune.json")
     ap.add_argument("--rep-ms", type=float, default=30.0)
+    ap.add_argument("--grids", default="1",
+                    help="forward grid modes to try: 1 persistent, 0 one CTA per rows (e.g. 1,0)")
+    ap.add_argument("--bwd-stages", default="0,1,2", help="backward staged rows to try")
     ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
     ap.add_argument("--build-only", action="store_true", help="compile the candidates, time nothing")
     args = ap.parse_args()
@@ -149,7 +158,9 @@ def main():
         vec = 16 // esz
         shifted = n % vec != 0  # rows off 16-byte boundaries: one chunk more
         row_bytes = (n + (vec - 1 if shifted else 0)) * esz
-        for cfg in candidates(d, row_bytes):
+        grids = tuple(int(g) for g in args.grids.split(","))
+        bwd_stages = tuple(int(g) for g in args.bwd_stages.split(","))
+        for cfg in candidates(d, row_bytes, grids, bwd_stages):
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted})
     # One instantiation per distinct (dir, dtype, cfg, shifted): N is a runtime argument.
     keys = {}
@@ -239,7 +250,7 @@ def main():
         torch.cuda.empty_cache()
 
     Path(args.out).write_text(json.dumps({"copy_gbs": copy_gbs, "results": results}, indent=1))
-    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads)")
+    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads, persistent)")
     best = {}
     for r in results:
         if not r["ok"] or math.isnan(r["ms"]):

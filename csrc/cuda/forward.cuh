@@ -27,9 +27,20 @@ struct ForwardParams {
 // row, ROWS rows per CTA, CLUSTER CTAs per row; STAGES rows ahead are copied
 // into shared memory (cp.async) while a row is reduced (0: rows are loaded
 // straight into registers); SHIFTED: N is not a multiple of VEC (rows start
-// off 16-byte boundaries, device_utils.cuh). Persistent: CTA group g of G
-// takes rows g, g + G, g + 2G, ... (its slots the consecutive ones of these).
-// Dynamic shared memory: STAGES * ITEMS * TPR * ROWS * 16 bytes.
+// off 16-byte boundaries, device_utils.cuh). CTA group g of G takes rows
+// g, g + G, g + 2G, ... (its slots the consecutive ones of these); G is the
+// resident CTA count (persistent grid) or all the rows' CTAs. Shifted rows:
+// the launcher makes G a multiple of VEC, so all rows of a CTA start at the
+// same offset from a 16-byte boundary, and the CTA's weight/bias chunks,
+// shifted to match, are gathered once into shared memory.
+// Dynamic shared memory: forward_smem_bytes below.
+template <typename W, int VEC, int ITEMS, int THREADS, int STAGES, bool SHIFTED>
+constexpr size_t forward_smem_bytes() {
+  const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16;
+  const size_t params = SHIFTED ? 2 * ITEMS * THREADS * sizeof(Pack<W, VEC>) : 0;
+  return staged + params;
+}
+
 template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
           int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
@@ -39,7 +50,11 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
-  extern __shared__ uint4 staging[];  // [STAGES][ITEMS][kThreads]
+  // [STAGES][ITEMS][kThreads] 16-byte slots, then (shifted rows) the
+  // weight and bias chunks: [2][ITEMS][kThreads] packs of W.
+  extern __shared__ uint4 staging[];
+  Pack<W, VEC>* const params_smem =
+      reinterpret_cast<Pack<W, VEC>*>(staging + STAGES * ITEMS * kThreads);
 
   const int slot = threadIdx.x / TPR;  // which of the CTA's rows
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + threadIdx.x % TPR;
@@ -49,8 +64,21 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
-  auto shift_of = [&](int64_t r) { return SHIFTED ? row_shift<VEC>(r, n) : 0; };
+  const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
   auto stage_of = [&](int s) { return staging + s * ITEMS * kThreads; };
+  auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
+    return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
+  };
+  if constexpr (SHIFTED) {
+    // The chunks under this thread's columns start off 16-byte boundaries
+    // of weight/bias: gathered once (each thread reads back only its own).
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+      if (p.w) param_slot(0, i) = load_chunk<W, VEC, true>(p.w, j0, n, shift == 0);
+      if (p.b) param_slot(1, i) = load_chunk<W, VEC, true>(p.b, j0, n, shift == 0);
+    }
+  }
 
   int64_t row = slot * groups + group;
   if constexpr (STAGES > 0) {
@@ -58,7 +86,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     for (int s = 0; s < STAGES; ++s) {
       const int64_t r = row + s * stride;
       stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(s), kThreads, p.x + r * n, x_end, r < p.rows,
-                                        thread_in_row, kRowThreads, n, shift_of(r));
+                                        thread_in_row, kRowThreads, n, shift);
       cp_async_commit();
     }
   }
@@ -68,7 +96,6 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    const int shift = shift_of(row);
     Pack<T, VEC> packs[ITEMS];
     if constexpr (STAGES > 0) {
       cp_async_wait<STAGES - 1>();
@@ -89,7 +116,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       // The stage just read receives the row STAGES rows ahead.
       const int64_t r = row + STAGES * stride;
       stage_row<SHIFTED, T, VEC, ITEMS>(stage_of(stage), kThreads, p.x + r * n, x_end,
-                                        r < p.rows, thread_in_row, kRowThreads, n, shift_of(r));
+                                        r < p.rows, thread_in_row, kRowThreads, n, shift);
       cp_async_commit();
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
@@ -137,11 +164,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
         if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
-          // weight/bias are 16-byte aligned: their chunk is aligned with the
-          // row's only when the row is.
           float wf[VEC], bf[VEC];
-          if (p.w) unpack(load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0), wf);
-          if (p.b) unpack(load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0), bf);
+          if constexpr (SHIFTED) {
+            if (p.w) unpack(param_slot(0, i), wf);
+            if (p.b) unpack(param_slot(1, i), bf);
+          } else {
+            if (p.w) unpack(load_chunk<W, VEC, false>(p.w, j0, n, true), wf);
+            if (p.b) unpack(load_chunk<W, VEC, false>(p.b, j0, n, true), bf);
+          }
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {

@@ -22,6 +22,11 @@ struct KernelConfig {
   // Resident threads per SM the kernel is compiled for (caps registers at
   // 65536 / min_threads); 0: the direction's default below.
   int min_threads = 0;
+  // Forward only: true launches as many CTAs as are resident at once, each
+  // looping over rows; false one CTA per `rows` rows, left to the hardware's
+  // CTA scheduler. The backward is always persistent (one dweight/dbias
+  // partial row per CTA).
+  bool persistent = true;
 };
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }

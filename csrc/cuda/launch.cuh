@@ -213,9 +213,18 @@ void launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
                 "a table entry must hold its largest row");
   auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster,
                               min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.stages, kShifted>;
-  constexpr size_t kSmem = staging_bytes(c, 1);
+  constexpr size_t kSmem =
+      forward_smem_bytes<W, kVec, kItems, cta_threads(c), c.stages, kShifted>();
   static ResidencyCache cache{};
-  const int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
+  // (Also sets the kernel's shared-memory limit on first use.)
+  int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
+  if (!c.persistent) groups = std::min<int64_t>(ceil_div(p.rows, c.rows), int64_t{1} << 30);
+  // Shifted rows: G a multiple of VEC gives each CTA rows of one shift (a
+  // persistent grid rounds down, to stay resident).
+  if (kShifted) {
+    groups = c.persistent ? std::max<int64_t>(kVec, groups / kVec * kVec)
+                          : ceil_div(groups, kVec) * kVec;
+  }
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
 }
 
