@@ -44,17 +44,24 @@ def row_threads_options(row_bytes: int, bpt: int):
     return sorted({warps, pow2})
 
 
-def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2)):
+def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
+               occupancy=False):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, persistent) tuples.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
-    bwd_stages: the backward's staged rows to try (while they fit in 200 KiB)."""
+    bwd_stages: the backward's staged rows to try (while they fit in 200 KiB);
+    occupancy: also fewer registers for more resident threads (forward 16-byte
+    threads at 1536/2048 per SM; backward 16-byte threads in CTAs up to 1024,
+    two CTAs per SM for CTAs of 257-511 threads)."""
     out = []
     bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
     max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
+    if occupancy and direction == "bwd":
+        max_cta = 1024
     for bpt in bpts:
         for tpr_total in row_threads_options(row_bytes, bpt):
-            clusters = [1] if tpr_total <= max_cta else [c for c in (2, 4, 8)
-                                                          if tpr_total // c <= max_cta]
+            cta_max = max_cta if bpt == 16 else min(max_cta, 512 if direction == "bwd" else 1024)
+            clusters = [1] if tpr_total <= cta_max else [c for c in (2, 4, 8)
+                                                          if tpr_total // c <= cta_max]
             for cluster in clusters[:2]:
                 tpr = tpr_total // cluster
                 if tpr_total % cluster or (tpr > 32 and tpr % 32):
@@ -70,6 +77,14 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2))
                     mins = [1024 if direction == "fwd" else 512]
                     if direction == "fwd" and bpt == 64 and stages == 1:
                         mins.append(512)  # more registers: 64 bytes of bf16 spill at 64
+                    if occupancy:
+                        cta = tpr * rows
+                        if direction == "fwd" and bpt == 16:
+                            mins += [1536, 2048]
+                        if direction == "bwd" and 256 < cta < 512:
+                            mins.append(2 * cta)
+                        if direction == "bwd" and cta > 512:
+                            mins = [cta]
                     for min_threads, persistent in itertools.product(
                             mins, grids if direction == "fwd" else (1,)):
                         out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
@@ -147,6 +162,8 @@ def main():
     ap.add_argument("--grids", default="1",
                     help="forward grid modes to try: 1 persistent, 0 one CTA per rows (e.g. 1,0)")
     ap.add_argument("--bwd-stages", default="0,1,2", help="backward staged rows to try")
+    ap.add_argument("--occupancy", action="store_true",
+                    help="also try fewer registers per thread for more resident threads")
     ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
     ap.add_argument("--build-only", action="store_true", help="compile the candidates, time nothing")
     args = ap.parse_args()
@@ -160,7 +177,7 @@ def main():
         row_bytes = (n + (vec - 1 if shifted else 0)) * esz
         grids = tuple(int(g) for g in args.grids.split(","))
         bwd_stages = tuple(int(g) for g in args.bwd_stages.split(","))
-        for cfg in candidates(d, row_bytes, grids, bwd_stages):
+        for cfg in candidates(d, row_bytes, grids, bwd_stages, args.occupancy):
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted})
     # One instantiation per distinct (dir, dtype, cfg, shifted): N is a runtime argument.
     keys = {}
