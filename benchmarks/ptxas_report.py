@@ -13,11 +13,11 @@ def demangle_args(name: str) -> str:
     label = kind.group(1) if kind else name[:40]
     if len(ints) >= 6:
         vec, items, tpr, rows, cluster, min_ctas = ints[:6]
-        # Then the stages (int) and the bool arguments: (backward) from_output,
-        # then shifted.
+        # Then the stages (int) and the bool arguments: (backward) acc_smem,
+        # from_output, then shifted.
         stages = ints[6] if len(ints) > 6 else "0"
         flags = re.findall(r"Lb([01])E", name)
-        names = ["shifted"] if "fwd" in label else ["from_output", "shifted"]
+        names = ["shifted"] if "fwd" in label else ["acc_smem", "from_output", "shifted"]
         on = [n for n, f in zip(names, flags) if f == "1"]
         if stages != "0":
             on.insert(0, f"stages={stages}")

@@ -45,9 +45,12 @@ def row_threads_options(row_bytes: int, bpt: int):
 
 
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
-               occupancy=False):
-    """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, persistent) tuples.
+               occupancy=False, acc_modes=(0,)):
+    """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
+    flag: the forward's grid mode, the backward's accumulator place.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
+    acc_modes: the backward's dweight/dbias accumulators (0 registers, 1 shared
+    memory, then also at half the registers: twice the resident threads);
     bwd_stages: the backward's staged rows to try (while they fit in 200 KiB);
     occupancy: also fewer registers for more resident threads (forward 16-byte
     threads at 1536/2048 per SM; backward 16-byte threads in CTAs up to 1024,
@@ -85,9 +88,15 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                             mins.append(2 * cta)
                         if direction == "bwd" and cta > 512:
                             mins = [cta]
-                    for min_threads, persistent in itertools.product(
-                            mins, grids if direction == "fwd" else (1,)):
-                        out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
+                    if direction == "fwd":
+                        for min_threads, persistent in itertools.product(mins, grids):
+                            out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
+                        continue
+                    for acc in acc_modes:
+                        extra = [max(1024, 2 * tpr * rows)] if acc and tpr * rows <= 512 else []
+                        # (A kernel whose shared memory does not fit declines: MISMATCH.)
+                        for min_threads in mins + extra:
+                            out.append((tpr, bpt, rows, cluster, stages, min_threads, acc))
     return out
 
 
@@ -102,12 +111,17 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
         part = plan[start:start + chunk]
         lines = ['#include "cuda/launch.cuh"', "namespace fastlayernorm::cuda::tune {"]
         for idx, c in part:
-            tpr, bpt, rows, cluster, stages, min_threads, persistent = c["cfg"]
+            tpr, bpt, rows, cluster, stages, min_threads, flag = c["cfg"]
+            # The last field: the forward's grid mode (persistent), the
+            # backward's accumulators in shared memory.
+            persistent = flag if c["dir"] == "fwd" else 1
+            acc_smem = flag if c["dir"] == "bwd" else 0
             ctype = DTYPES[c["dtype"]][0]
             shifted = "true" if c["shifted"] else "false"
             lines.append(
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
-                f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}}}; }};")
+                f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
+                f"{'true' if acc_smem else 'false'}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -162,6 +176,8 @@ def main():
     ap.add_argument("--grids", default="1",
                     help="forward grid modes to try: 1 persistent, 0 one CTA per rows (e.g. 1,0)")
     ap.add_argument("--bwd-stages", default="0,1,2", help="backward staged rows to try")
+    ap.add_argument("--acc-modes", default="0",
+                    help="backward accumulators to try: 0 registers, 1 shared memory (e.g. 0,1)")
     ap.add_argument("--occupancy", action="store_true",
                     help="also try fewer registers per thread for more resident threads")
     ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
@@ -177,7 +193,8 @@ def main():
         row_bytes = (n + (vec - 1 if shifted else 0)) * esz
         grids = tuple(int(g) for g in args.grids.split(","))
         bwd_stages = tuple(int(g) for g in args.bwd_stages.split(","))
-        for cfg in candidates(d, row_bytes, grids, bwd_stages, args.occupancy):
+        acc_modes = tuple(int(g) for g in args.acc_modes.split(","))
+        for cfg in candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes):
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted})
     # One instantiation per distinct (dir, dtype, cfg, shifted): N is a runtime argument.
     keys = {}
@@ -267,7 +284,7 @@ def main():
         torch.cuda.empty_cache()
 
     Path(args.out).write_text(json.dumps({"copy_gbs": copy_gbs, "results": results}, indent=1))
-    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads, persistent)")
+    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads, persistent|acc_smem)")
     best = {}
     for r in results:
         if not r["ok"] or math.isnan(r["ms"]):

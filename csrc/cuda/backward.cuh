@@ -37,6 +37,15 @@ constexpr int staged_slots() {
   return 1 + static_cast<int>(sizeof(G) / sizeof(T));
 }
 
+// Dynamic shared memory: STAGES staged rows of x and dy, then (ACC_SMEM) the
+// dweight/dbias accumulators, [2][ITEMS][VEC / 4][threads] float4.
+template <typename T, typename G, int ITEMS, int THREADS, int STAGES, bool ACC_SMEM>
+constexpr size_t backward_smem_bytes() {
+  const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16 * staged_slots<T, G>();
+  const size_t acc = ACC_SMEM ? 2 * static_cast<size_t>(ITEMS) * THREADS * (16 / sizeof(T)) * 4 : 0;
+  return staged + acc;
+}
+
 // FROM_OUTPUT: x holds the forward's output y and x_hat = (y - b) / w is
 // rebuilt from it (memory-saving mode); otherwise x_hat = (x - mean) * rstd.
 // Rows as in the forward (group g of G takes rows g, g + G, ...; STAGES rows
@@ -46,9 +55,10 @@ constexpr int staged_slots() {
 // the launcher makes G a multiple of VEC, so all rows of a CTA start at the
 // same offset from a 16-byte boundary.
 template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int ROWS,
-          int CLUSTER, int MIN_CTAS, int STAGES, bool FROM_OUTPUT, bool SHIFTED>
+          int CLUSTER, int MIN_CTAS, int STAGES, bool ACC_SMEM, bool FROM_OUTPUT, bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
+  static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
@@ -82,11 +92,26 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if (FROM_OUTPUT && has_b) bv[i] = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
   }
 
+  // The dweight/dbias accumulators: registers, or this thread's own float4
+  // slots in shared memory (ACC_SMEM; no barrier: no other thread reads them).
   float dw_acc[ITEMS][VEC], db_acc[ITEMS][VEC];
+  float4* const acc_smem = reinterpret_cast<float4*>(staging + STAGES * kStageSlots);
+  auto acc_slot = [&](int tensor, int i, int q) -> float4& {
+    return acc_smem[((tensor * ITEMS + i) * (VEC / 4) + q) * kThreads + threadIdx.x];
+  };
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) dw_acc[i][k] = db_acc[i][k] = 0.f;
+    if constexpr (ACC_SMEM) {
+      if (want_params) {
+#pragma unroll
+        for (int q = 0; q < VEC / 4; ++q) {
+          acc_slot(0, i, q) = make_float4(0.f, 0.f, 0.f, 0.f);
+          acc_slot(1, i, q) = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+      }
+    }
   }
 
   // x and dy of a row are widened once (x to x_hat, dy to w*dy).
@@ -161,8 +186,28 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         wg[i][k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
         sums.x = fmaf(wg[i][k], xh[i][k], sums.x);
         sums.y += wg[i][k];
-        dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
-        db_acc[i][k] += g[k];
+        if constexpr (!ACC_SMEM) {
+          dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
+          db_acc[i][k] += g[k];
+        }
+      }
+      if constexpr (ACC_SMEM) {
+        if (want_params) {
+#pragma unroll
+          for (int q = 0; q < VEC / 4; ++q) {
+            float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
+            a.x = fmaf(g[4 * q], xh[i][4 * q], a.x);
+            a.y = fmaf(g[4 * q + 1], xh[i][4 * q + 1], a.y);
+            a.z = fmaf(g[4 * q + 2], xh[i][4 * q + 2], a.z);
+            a.w = fmaf(g[4 * q + 3], xh[i][4 * q + 3], a.w);
+            c.x += g[4 * q];
+            c.y += g[4 * q + 1];
+            c.z += g[4 * q + 2];
+            c.w += g[4 * q + 3];
+            acc_slot(0, i, q) = a;
+            acc_slot(1, i, q) = c;
+          }
+        }
       }
     }
     if constexpr (STAGES > 0) {
@@ -190,6 +235,23 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   }
 
   if (want_params) {
+    if constexpr (ACC_SMEM) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+        for (int q = 0; q < VEC / 4; ++q) {
+          const float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
+          dw_acc[i][4 * q] = a.x;
+          dw_acc[i][4 * q + 1] = a.y;
+          dw_acc[i][4 * q + 2] = a.z;
+          dw_acc[i][4 * q + 3] = a.w;
+          db_acc[i][4 * q] = c.x;
+          db_acc[i][4 * q + 1] = c.y;
+          db_acc[i][4 * q + 2] = c.z;
+          db_acc[i][4 * q + 3] = c.w;
+        }
+      }
+    }
     // One partial row per CTA group (cluster). CTAs holding several rows
     // first add their row slots in shared memory, in slot order (all slots
     // hold the same columns).

@@ -133,7 +133,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     // first mean (a constant row then gives x - mean = 0 exactly, not noise
     // that rstd = 1/sqrt(eps) would amplify), and
     //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
-    // Only columns of the row count (the zero fill outside does not).
+    // Only columns of the row count (the zero fill outside does not). The
+    // row is kept as d from here on.
     float2 dev = make_float2(0.f, 0.f);
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
@@ -142,6 +143,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float d = xf[i][k] - mean0;
+          xf[i][k] = d;
           dev.x += d;
           dev.y = fmaf(d, d, dev.y);
         }
@@ -149,14 +151,16 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float d = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
+          xf[i][k] = d;
           dev.x += d;
           dev.y = fmaf(d, d, dev.y);
         }
       }
     }
     dev = reducer.sum(dev);
-    const float mean = mean0 + dev.x * inv_n;
-    const float var = fmaxf(dev.y - dev.x * dev.x * inv_n, 0.f) * inv_n;
+    const float corr = dev.x * inv_n;  // mean = mean0 + corr
+    const float mean = mean0 + corr;
+    const float var = fmaxf(dev.y - dev.x * corr, 0.f) * inv_n;
     const float rstd = rsqrtf(var + p.eps);
 
     if (row_ok) {
@@ -172,12 +176,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
             if (p.w) unpack(load_chunk<W, VEC, false>(p.w, j0, n, true), wf);
             if (p.b) unpack(load_chunk<W, VEC, false>(p.b, j0, n, true), bf);
           }
+          // y = (x - mean) * rstd * w + b = d * a + (b - corr * a), a = rstd * w:
+          // two fused multiply-adds and a multiply per element.
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            v[k] = (xf[i][k] - mean) * rstd;
-            if (p.w) v[k] *= wf[k];
-            if (p.b) v[k] += bf[k];
+            const float a = p.w ? rstd * wf[k] : rstd;
+            v[k] = fmaf(xf[i][k], a, fmaf(-corr, a, p.b ? bf[k] : 0.f));
           }
           Pack<O, VEC> out;
           store_floats(out, v);

@@ -27,6 +27,10 @@ struct KernelConfig {
   // CTA scheduler. The backward is always persistent (one dweight/dbias
   // partial row per CTA).
   bool persistent = true;
+  // Backward only: the dweight/dbias accumulators of a thread's columns live
+  // in shared memory instead of registers (added to once per row), which
+  // frees registers for more resident threads on long rows.
+  bool acc_in_smem = false;
 };
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }

@@ -81,13 +81,22 @@ struct ClusterLaunchConfig {
 using ResidencyCache = std::array<int64_t, 64>;
 
 // How many CTAs (or clusters) of `kernel` are resident on the whole GPU at
-// once: the persistent grid size. The first call per device also lets the
-// kernel use `smem` bytes of dynamic shared memory (above the 48 KiB default).
+// once: the persistent grid size; 0 when the kernel's shared memory exceeds
+// what a CTA may have on this GPU (the caller then takes another kernel).
+// The first call per device also lets the kernel use `smem` bytes of dynamic
+// shared memory (above the 48 KiB default).
 template <typename Kernel>
 int64_t resident_groups(Kernel kernel, int threads, int cluster, size_t smem,
                         ResidencyCache& cache) {
   const int device = at::cuda::current_device();
-  if (device < 64 && cache[device] > 0) return cache[device];
+  if (device < 64 && cache[device] != 0) return std::max<int64_t>(cache[device], 0);
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (smem + attributes.sharedSizeBytes >
+      at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) {
+    if (device < 64) cache[device] = -1;
+    return 0;
+  }
   if (smem > 0) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
@@ -133,17 +142,10 @@ int64_t persistent_groups(Kernel kernel, const KernelConfig& c, size_t smem, int
                   resident_groups(kernel, cta_threads(c), c.cluster, smem, cache));
 }
 
-// Dynamic shared memory of a kernel staging `tensors` rows of entry c.
-// `slots`: 16-byte slots per chunk of the row's elements, summed over the
-// staged tensors (x: 1; x and a dy of the same dtype: 2; x and float dy of a
-// bf16 row: 3).
-constexpr size_t staging_bytes(const KernelConfig& c, int slots) {
-  return static_cast<size_t>(c.stages) * slots * cta_threads(c) * c.bytes_per_thread;
-}
-
 // Calls launch(TableEntry<kTable, I>{}) for the first entry I of kTable whose
-// rows hold row_bytes. False when no entry does, or when it needs
-// clusters this GPU lacks: the caller then takes the fallback kernels.
+// rows hold row_bytes, and returns its answer (false: the kernel cannot run
+// here). False when no entry does, or when it needs clusters this GPU lacks:
+// the caller then takes the fallback kernels.
 template <const auto& kTable, size_t I = 0, typename Launch>
 bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
   if constexpr (I == std::size(kTable)) {
@@ -153,8 +155,7 @@ bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
       return dispatch_table<kTable, I + 1>(row_bytes, clusters_ok, launch);
     }
     if (kTable[I].cluster > 1 && !clusters_ok) return false;
-    launch(TableEntry<kTable, I>{});
-    return true;
+    return launch(TableEntry<kTable, I>{});
   }
 }
 
@@ -205,7 +206,7 @@ BackwardParams<T, W, G> backward_params(const BackwardArgs& a) {
 // Launches the forward kernel of `Entry` (a TableEntry, or any type with a
 // constexpr KernelConfig `config`).
 template <typename T, typename W, bool kShifted, typename Entry, typename O>
-void launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
   constexpr KernelConfig c = Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
@@ -218,6 +219,7 @@ void launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
   static ResidencyCache cache{};
   // (Also sets the kernel's shared-memory limit on first use.)
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
+  if (groups == 0) return false;
   if (!c.persistent) groups = std::min<int64_t>(ceil_div(p.rows, c.rows), int64_t{1} << 30);
   // Shifted rows: G a multiple of VEC gives each CTA rows of one shift (a
   // persistent grid rounds down, to stay resident).
@@ -226,11 +228,13 @@ void launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
                           : ceil_div(groups, kVec) * kVec;
   }
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
+  return true;
 }
 
 // Launches the register kernel of the table entry that holds the rows; false
 // when none takes them (a tensor off a 16-byte boundary, rows beyond the
-// table, clusters this GPU lacks): the caller then takes another path. The
+// table, clusters this GPU lacks, more shared memory than a CTA may have):
+// the caller then takes another path. The
 // autocast path (O = float) has kernels for rows of whole 16-byte chunks
 // only (N a multiple of the vector): fewer instantiations to compile.
 template <typename T, typename W, typename O>
@@ -248,7 +252,7 @@ bool launch_forward_registers(const ForwardArgs& a) {
         if constexpr (kShiftedKernels) {
           if (shifted) return launch_forward_entry<T, W, true>(entry, p, stream);
         }
-        launch_forward_entry<T, W, false>(entry, p, stream);
+        return launch_forward_entry<T, W, false>(entry, p, stream);
       });
 }
 
@@ -283,19 +287,22 @@ bool launch_forward_upcast(const ForwardArgs& a) {
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
 // kernel over its partial rows.
 template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry, typename G>
-void launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOptions& float_options,
+bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOptions& float_options,
                            W* dw, W* db, cudaStream_t stream) {
   constexpr KernelConfig c = Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
+  static_assert(c.persistent, "the backward keeps one partial row per CTA: persistent");
   auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster,
                               min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
-                              kFromOutput, kShifted>;
-  constexpr size_t kSmem = staging_bytes(c, staged_slots<T, G>());  // x and dy
+                              c.acc_in_smem, kFromOutput, kShifted>;
+  constexpr size_t kSmem =
+      backward_smem_bytes<T, G, kItems, cta_threads(c), c.stages, c.acc_in_smem>();
   static ResidencyCache cache{};
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
+  if (groups == 0) return false;
   // A CTA keeps fixed columns across its rows; rows g, g + G, ... start at
   // the same offset from a 16-byte boundary when G * N is a multiple of the
   // vector (always, when N is).
@@ -316,6 +323,7 @@ void launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
                                                            p.cols, dw, db);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  return true;
 }
 
 // As launch_forward_registers. The memory-saving mode (rebuild from the
@@ -345,7 +353,7 @@ bool launch_backward_registers(const BackwardArgs& a) {
             return launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db, stream);
           }
         }
-        launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
+        return launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
       });
 }
 
