@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const float rstd = row_ok ? p.rstd[row] : 0.f;
 
     float xh[ITEMS][VEC], wg[ITEMS][VEC];
-    float2 sums = make_float2(0.f, 0.f);  // (sum w*dy*x_hat, sum w*dy)
+    float dot_sums[ITEMS], wg_sums[ITEMS];  // per chunk: sum w*dy*x_hat, sum w*dy
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       float g[VEC];
@@ -184,13 +184,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         // Rounded once (no fma contraction): the dx pass must subtract the
         // very value the row sum added (dx is exactly 0 for N = 1).
         wg[i][k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
-        sums.x = fmaf(wg[i][k], xh[i][k], sums.x);
-        sums.y += wg[i][k];
         if constexpr (!ACC_SMEM) {
           dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
           db_acc[i][k] += g[k];
         }
       }
+      dot_sums[i] = dot(wg[i], xh[i]);
+      wg_sums[i] = tree_sum(wg[i]);
       if constexpr (ACC_SMEM) {
         if (want_params) {
 #pragma unroll
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       stage_rows(stage, row + STAGES * stride);
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
-    sums = reducer.sum(sums);
+    const float2 sums = reducer.sum(make_float2(tree_sum(dot_sums), tree_sum(wg_sums)));
     const float c1 = sums.x * inv_n, c2 = sums.y * inv_n;
 
     if (row_ok && p.dx) {

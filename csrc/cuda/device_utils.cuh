@@ -140,6 +140,38 @@ __device__ __forceinline__ void store_floats(Pack<T, N>& out, const float (&v)[N
   }
 }
 
+// Sums within a thread as balanced trees or interleaved chains: a serial
+// chain of N dependent adds costs N times the add latency per row, which is
+// what bounds a row's time once its loads are in flight.
+template <int LO, int LEN, int N>
+__device__ __forceinline__ float tree_sum_range(const float (&v)[N]) {
+  if constexpr (LEN == 1) {
+    return v[LO];
+  } else {
+    return tree_sum_range<LO, LEN / 2, N>(v) + tree_sum_range<LO + LEN / 2, LEN - LEN / 2, N>(v);
+  }
+}
+template <int N>
+__device__ __forceinline__ float tree_sum(const float (&v)[N]) {
+  return tree_sum_range<0, N, N>(v);
+}
+// sum(a[k] * b[k]) in two interleaved fma chains.
+template <int N>
+__device__ __forceinline__ float dot(const float (&a)[N], const float (&b)[N]) {
+  if constexpr (N == 1) {
+    return a[0] * b[0];
+  } else {
+    float even = a[0] * b[0], odd = a[1] * b[1];
+#pragma unroll
+    for (int k = 2; k + 1 < N; k += 2) {
+      even = fmaf(a[k], b[k], even);
+      odd = fmaf(a[k + 1], b[k + 1], odd);
+    }
+    if constexpr (N % 2 == 1) even = fmaf(a[N - 1], b[N - 1], even);
+    return even + odd;
+  }
+}
+
 // Sums of one or two values; the backward reduces two row sums at once.
 __device__ __forceinline__ float shfl_xor(float v, int m) {
   return __shfl_xor_sync(0xffffffffu, v, m);

@@ -121,43 +121,35 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
 
-    float sum = 0.f;
+    float chunk_sums[ITEMS];
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) sum += xf[i][k];
-    }
-    const float mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
+    for (int i = 0; i < ITEMS; ++i) chunk_sums[i] = tree_sum(xf[i]);
+    const float mean0 = reducer.sum(make_float2(tree_sum(chunk_sums), 0.f)).x * inv_n;
 
     // Corrected two-pass: the deviations' sum corrects the rounding of the
     // first mean (a constant row then gives x - mean = 0 exactly, not noise
     // that rstd = 1/sqrt(eps) would amplify), and
     //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
-    // Only columns of the row count (the zero fill outside does not). The
-    // row is kept as d from here on.
-    float2 dev = make_float2(0.f, 0.f);
+    // Only columns of the row count (d = 0 outside it). The row is kept as
+    // d from here on.
+    float dev_sums[ITEMS], dev_squares[ITEMS];
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
       if (chunk_full<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float d = xf[i][k] - mean0;
-          xf[i][k] = d;
-          dev.x += d;
-          dev.y = fmaf(d, d, dev.y);
-        }
+        for (int k = 0; k < VEC; ++k) xf[i][k] -= mean0;
       } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float d = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
-          xf[i][k] = d;
-          dev.x += d;
-          dev.y = fmaf(d, d, dev.y);
-        }
+        for (int k = 0; k < VEC; ++k) xf[i][k] = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) xf[i][k] = 0.f;
       }
+      dev_sums[i] = tree_sum(xf[i]);
+      dev_squares[i] = dot(xf[i], xf[i]);
     }
-    dev = reducer.sum(dev);
+    const float2 dev = reducer.sum(make_float2(tree_sum(dev_sums), tree_sum(dev_squares)));
     const float corr = dev.x * inv_n;  // mean = mean0 + corr
     const float mean = mean0 + corr;
     const float var = fmaxf(dev.y - dev.x * corr, 0.f) * inv_n;
