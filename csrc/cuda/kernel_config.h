@@ -53,52 +53,105 @@ struct TableEntry {
 };
 
 // The entries below were chosen from measurements on an H100
-// (benchmarks/tune_kernels.py; numbers in docs/kernels.md). 16-bit and 32-bit
-// inputs have their own tables: at the same row bytes a 16-bit row has twice
-// the elements, so twice the arithmetic per byte moved, and prefers staged
-// rows (cp.async) and fewer bytes per thread.
+// (benchmarks/tune_kernels.py; results in benchmarks/results/tune-*.json,
+// notes in docs/kernels.md). 16-bit and 32-bit inputs have their own tables:
+// at the same row bytes a 16-bit row has twice the elements, so twice the
+// arithmetic per byte moved, and prefers staged rows (cp.async).
+// Fields: {max_row_bytes, tpr, bytes_per_thread, rows, cluster, stages,
+//          min_threads, persistent, acc_in_smem}.
+constexpr bool kGrid = false;  // persistent = false: one CTA per `rows` rows
+constexpr bool kAccSmem = true;
 
 // Forward: the row is widened to floats in registers; `stages` rows ahead
 // wait in shared memory.
 inline constexpr KernelConfig kForwardConfigs16[] = {
-    {16, 1, 16, 128, 1, 1},      {32, 2, 16, 64, 1, 1},      {64, 4, 16, 32, 1, 1},
-    {128, 8, 16, 16, 1, 1},      {256, 16, 16, 8, 1, 1},     {512, 16, 32, 8, 1, 1},
-    {1024, 32, 32, 8, 1, 1},     {2048, 32, 64, 4, 1, 1, 512},
-    {4096, 128, 32, 2, 1, 1},    {8192, 256, 32, 1, 1, 1},   {10240, 160, 64, 1, 1, 1, 512},
-    {12288, 192, 64, 1, 1, 1, 512},                          {16384, 512, 32, 1, 1, 1},
-    {32768, 512, 64, 1, 1, 1, 512},                          {65536, 1024, 64, 1, 1, 1},
+    {16, 1, 16, 128, 1, 1},
+    {32, 2, 16, 64, 1, 1},
+    {64, 4, 16, 32, 1, 1},
+    {128, 8, 16, 16, 1, 1},
+    {256, 8, 32, 16, 1, 1, 0, kGrid},
+    {512, 16, 32, 8, 1, 1, 0, kGrid},
+    {1024, 32, 32, 4, 1, 1, 0, kGrid},
+    {2048, 32, 64, 4, 1, 1, 512, kGrid},
+    {4096, 128, 32, 1, 1, 2, 0, kGrid},
+    {8192, 256, 32, 1, 1, 1},
+    {10240, 160, 64, 1, 1, 1, 512},
+    {12288, 192, 64, 1, 1, 1, 512},
+    {16384, 256, 64, 1, 1, 1, 0, kGrid},
+    {32768, 512, 64, 1, 1, 1, 512},
+    {65536, 1024, 64, 1, 1, 1},
     // Rows beyond one CTA's registers: a cluster of CTAs per row.
-    {131072, 512, 64, 1, 4, 1},  {262144, 512, 64, 1, 8, 1}, {524288, 1024, 64, 1, 8, 1},
+    {131072, 512, 64, 1, 4, 2},
+    {262144, 512, 64, 1, 8, 1},
+    {524288, 1024, 64, 1, 8, 1},
 };
 inline constexpr KernelConfig kForwardConfigs32[] = {
-    {16, 1, 16, 128, 1, 1},      {32, 2, 16, 64, 1, 1},      {64, 4, 16, 32, 1, 1},
-    {128, 8, 16, 16, 1, 1},      {256, 16, 16, 8, 1, 1},     {512, 16, 32, 8, 1, 1},
-    {1024, 32, 32, 4, 1, 1},     {2048, 32, 64, 8, 1, 0},    {4096, 64, 64, 2, 1, 0},
-    {8192, 128, 64, 1, 1, 0},    {12288, 192, 64, 1, 1, 0},  {16384, 256, 64, 1, 1, 0},
-    {20480, 320, 64, 1, 1, 0},   {32768, 512, 64, 1, 1, 1, 512},
-    {49152, 768, 64, 1, 1, 2},   {65536, 1024, 64, 1, 1, 1},
-    {131072, 512, 64, 1, 4, 1},  {262144, 512, 64, 1, 8, 1}, {524288, 1024, 64, 1, 8, 1},
+    {16, 1, 16, 128, 1, 1},
+    {32, 2, 16, 64, 1, 1},
+    {64, 4, 16, 32, 1, 1},
+    {128, 8, 16, 16, 1, 1},
+    {256, 16, 16, 8, 1, 1},
+    {512, 16, 32, 8, 1, 1},
+    {1024, 32, 32, 4, 1, 1},
+    {2048, 32, 64, 8, 1, 0},
+    {4096, 128, 32, 1, 1, 0, 0, kGrid},
+    {8192, 128, 64, 1, 1, 0},
+    {12288, 192, 64, 1, 1, 0},
+    {16384, 256, 64, 1, 1, 0, 0, kGrid},
+    {20480, 320, 64, 1, 1, 0},
+    {32768, 512, 64, 1, 1, 0, 0, kGrid},
+    {49152, 768, 64, 1, 1, 2},
+    {65536, 1024, 64, 1, 1, 1},
+    {131072, 512, 64, 1, 4, 1},
+    {262144, 512, 64, 1, 8, 1},
+    {524288, 1024, 64, 1, 8, 1},
 };
 
 // Backward: x_hat and w*dy of the row are held as floats, plus fp32
-// dweight/dbias accumulators for the thread's columns (up to 128 registers);
+// dweight/dbias accumulators for the thread's columns (registers, up to 128
+// per thread; or shared memory, which lets two 512-thread CTAs share an SM);
 // rows ahead of x and dy wait in shared memory. CTAs of several rows keep the
 // number of partial rows (one per CTA) small.
 inline constexpr KernelConfig kBackwardConfigs16[] = {
-    {16, 1, 16, 128, 1, 2},      {32, 2, 16, 64, 1, 2},      {64, 4, 16, 32, 1, 2},
-    {128, 8, 16, 16, 1, 2},      {256, 16, 16, 8, 1, 2},     {512, 32, 16, 4, 1, 2},
-    {1024, 32, 32, 8, 1, 2},     {2048, 64, 32, 4, 1, 2},    {4096, 128, 32, 2, 1, 2},
-    {6144, 192, 32, 1, 1, 2},    {8192, 256, 32, 1, 1, 2},   {10240, 320, 32, 1, 1, 2},
-    {12288, 384, 32, 1, 1, 2},   {16384, 512, 32, 1, 1, 1},  {24576, 192, 32, 1, 4, 1},
-    {32768, 256, 32, 1, 4, 1},   {65536, 256, 32, 1, 8, 1},  {131072, 512, 32, 1, 8, 2},
+    {16, 1, 16, 128, 1, 2},
+    {32, 2, 16, 64, 1, 2},
+    {64, 4, 16, 32, 1, 2},
+    {128, 8, 16, 16, 1, 2},
+    {256, 16, 16, 8, 1, 2},
+    {512, 32, 16, 4, 1, 2},
+    {1024, 32, 32, 8, 1, 2},
+    {2048, 64, 32, 4, 1, 2},
+    {4096, 128, 32, 2, 1, 2},
+    {8192, 256, 32, 1, 1, 2},
+    {9216, 288, 32, 1, 1, 2, 576, true, kAccSmem},
+    {10240, 320, 32, 1, 1, 1, 640, true, kAccSmem},
+    {12288, 1024, 16, 1, 1, 1, 1024},
+    {16384, 512, 32, 1, 1, 2},
+    {24576, 384, 32, 1, 2, 2, 1024, true, kAccSmem},
+    {32768, 512, 32, 1, 2, 1, 1024, true, kAccSmem},
+    {65536, 512, 32, 1, 4, 1, 1024, true, kAccSmem},
+    {131072, 512, 32, 1, 8, 1, 1024, true, kAccSmem},
+    {262144, 1024, 32, 1, 8, 1, 1024, true, kAccSmem},
 };
 inline constexpr KernelConfig kBackwardConfigs32[] = {
-    {16, 1, 16, 128, 1, 1},      {32, 2, 16, 64, 1, 1},      {64, 4, 16, 32, 1, 1},
-    {128, 8, 16, 16, 1, 1},      {256, 16, 16, 8, 1, 1},     {512, 32, 16, 4, 1, 1},
-    {1024, 32, 32, 4, 1, 1},     {2048, 64, 32, 4, 1, 0},    {4096, 128, 32, 2, 1, 0},
-    {8192, 256, 32, 1, 1, 0},    {12288, 384, 32, 1, 1, 0},  {16384, 512, 32, 1, 1, 2},
-    {20480, 160, 32, 1, 4, 1},   {32768, 256, 32, 1, 4, 0},  {49152, 192, 32, 1, 8, 0},
-    {65536, 256, 32, 1, 8, 0},   {131072, 512, 32, 1, 8, 1},
+    {16, 1, 16, 128, 1, 1},
+    {32, 2, 16, 64, 1, 1},
+    {64, 4, 16, 32, 1, 1},
+    {128, 8, 16, 16, 1, 1},
+    {256, 16, 16, 8, 1, 1},
+    {512, 32, 16, 4, 1, 1},
+    {1024, 32, 32, 4, 1, 1},
+    {2048, 64, 32, 4, 1, 0},
+    {4096, 128, 32, 2, 1, 0},
+    {8192, 256, 32, 1, 1, 0, 1024, true, kAccSmem},
+    {12288, 384, 32, 1, 1, 0},
+    {16384, 512, 32, 1, 1, 0, 1024, true, kAccSmem},
+    {20480, 160, 32, 1, 4, 1},
+    {32768, 512, 32, 1, 2, 0, 1024, true, kAccSmem},
+    {49152, 192, 32, 1, 8, 0},
+    {65536, 512, 32, 1, 4, 0, 1024, true, kAccSmem},
+    {131072, 512, 32, 1, 8, 0, 1024, true, kAccSmem},
+    {262144, 1024, 32, 1, 8, 0, 1024, true, kAccSmem},
 };
 
 }  // namespace fastlayernorm::cuda
