@@ -121,35 +121,68 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
 
-    float chunk_sums[ITEMS];
+    // Threads holding more than 16 floats of a row run at the register cap
+    // (64 per thread on 1024-thread rows): there serial sums and the
+    // four-operation output keep fewer values live (fewer spills; measured
+    // on rows of 64-512 KiB, docs/kernels.md); elsewhere sums are trees and
+    // the output is fused multiply-adds.
+    constexpr bool kFewRegisters = ITEMS * VEC > 16;
+    float sum = 0.f;
+    if constexpr (kFewRegisters) {
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) chunk_sums[i] = tree_sum(xf[i]);
-    const float mean0 = reducer.sum(make_float2(tree_sum(chunk_sums), 0.f)).x * inv_n;
+      for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) sum += xf[i][k];
+      }
+    } else {
+      float chunk_sums[ITEMS];
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) chunk_sums[i] = tree_sum(xf[i]);
+      sum = tree_sum(chunk_sums);
+    }
+    const float mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
 
     // Corrected two-pass: the deviations' sum corrects the rounding of the
     // first mean (a constant row then gives x - mean = 0 exactly, not noise
     // that rstd = 1/sqrt(eps) would amplify), and
     //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
-    // Only columns of the row count (d = 0 outside it). The row is kept as
-    // d from here on.
-    float dev_sums[ITEMS], dev_squares[ITEMS];
+    // Only columns of the row count (d = 0 outside it). Apart from
+    // kFewRegisters, the row is kept as d from here on.
+    float2 dev = make_float2(0.f, 0.f);
+    if constexpr (kFewRegisters) {
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      if (chunk_full<VEC, SHIFTED>(j0, n)) {
+      for (int i = 0; i < ITEMS; ++i) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) xf[i][k] -= mean0;
-      } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) xf[i][k] = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) xf[i][k] = 0.f;
+          for (int k = 0; k < VEC; ++k) {
+            const float d = (!SHIFTED || col_in_row(j0 + k, n)) ? xf[i][k] - mean0 : 0.f;
+            dev.x += d;
+            dev.y = fmaf(d, d, dev.y);
+          }
+        }
       }
-      dev_sums[i] = tree_sum(xf[i]);
-      dev_squares[i] = dot(xf[i], xf[i]);
+    } else {
+      float dev_sums[ITEMS], dev_squares[ITEMS];
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (chunk_full<VEC, SHIFTED>(j0, n)) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) xf[i][k] -= mean0;
+        } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) xf[i][k] = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
+        } else {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) xf[i][k] = 0.f;
+        }
+        dev_sums[i] = tree_sum(xf[i]);
+        dev_squares[i] = dot(xf[i], xf[i]);
+      }
+      dev = make_float2(tree_sum(dev_sums), tree_sum(dev_squares));
     }
-    const float2 dev = reducer.sum(make_float2(tree_sum(dev_sums), tree_sum(dev_squares)));
+    dev = reducer.sum(dev);
     const float corr = dev.x * inv_n;  // mean = mean0 + corr
     const float mean = mean0 + corr;
     const float var = fmaxf(dev.y - dev.x * corr, 0.f) * inv_n;
@@ -173,8 +206,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            const float a = p.w ? rstd * wf[k] : rstd;
-            v[k] = fmaf(xf[i][k], a, fmaf(-corr, a, p.b ? bf[k] : 0.f));
+            if constexpr (kFewRegisters) {
+              v[k] = (xf[i][k] - mean) * rstd;  // xf still holds x here
+              if (p.w) v[k] *= wf[k];
+              if (p.b) v[k] += bf[k];
+            } else {
+              const float a = p.w ? rstd * wf[k] : rstd;
+              v[k] = fmaf(xf[i][k], a, fmaf(-corr, a, p.b ? bf[k] : 0.f));
+            }
           }
           Pack<O, VEC> out;
           store_floats(out, v);
