@@ -26,7 +26,7 @@ void check_param(const std::optional<Tensor>& param, const char* name,
               ", but got ", name, " of shape ", p.sym_sizes());
   const auto in = input.scalar_type();
   const auto pt = p.scalar_type();
-  const bool low_precision = in == at::kHalf || in == at::kBFloat16;
+  const bool low_precision = is_half_or_bfloat16(in);
   TORCH_CHECK(pt == in || (low_precision && pt == at::kFloat),
               "fastlayernorm: expected ", name, " of dtype ", in,
               low_precision ? " or Float" : "", " (the input's dtype is ", in,
@@ -134,9 +134,7 @@ void check_backward_args(const Tensor& grad_out, const Tensor& input,
               "fastlayernorm: expected grad_out of the input's shape ",
               input.sym_sizes(), ", but got grad_out of shape ",
               grad_out.sym_sizes());
-  const bool low_precision = input.scalar_type() == at::kHalf ||
-                             input.scalar_type() == at::kBFloat16;
-  if (float_grad_ok && low_precision) {
+  if (float_grad_ok && is_half_or_bfloat16(input.scalar_type())) {
     TORCH_CHECK(grad_out.scalar_type() == at::kFloat,
                 "fastlayernorm: expected a float32 grad_out (the float32 output's "
                 "gradient), but got grad_out of dtype ", grad_out.scalar_type());

@@ -18,6 +18,16 @@ namespace fastlayernorm {
 using at::Tensor;
 using TensorTriple = std::tuple<Tensor, Tensor, Tensor>;
 
+// 16-bit floating inputs: they may come with float32 weight and bias, and
+// autocast gives them a float32 output.
+inline bool is_half_or_bfloat16(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16;
+}
+// An optional parameter that is float32 or absent.
+inline bool is_float32_or_absent(const std::optional<Tensor>& t) {
+  return !t.has_value() || !t->defined() || t->scalar_type() == at::kFloat;
+}
+
 // The input seen as a matrix of `rows` x `cols`: `cols` is the product of
 // normalized_shape, `rows` the product of the leading dimensions.
 struct RowShape {

@@ -19,13 +19,9 @@ Tensor layer_norm_autocast(const Tensor& input,
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
   // Half/bfloat16 input with float32 (or no) weight and bias: the kernels
   // read the input as it is and write float32 (upcast_ops.cpp), no cast pass.
-  const auto float_or_absent = [](const std::optional<Tensor>& t) {
-    return !t.has_value() || !t->defined() || t->scalar_type() == at::kFloat;
-  };
-  const bool low_precision =
-      input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  if (low_precision && !memory_efficient && input.device().type() == device &&
-      float_or_absent(weight) && float_or_absent(bias)) {
+  if (is_half_or_bfloat16(input.scalar_type()) && !memory_efficient &&
+      input.device().type() == device && is_float32_or_absent(weight) &&
+      is_float32_or_absent(bias)) {
     return ops::layer_norm_upcast(input, normalized_shape, weight, bias, eps);
   }
   return ops::layer_norm(at::autocast::cached_cast(at::kFloat, input, device),

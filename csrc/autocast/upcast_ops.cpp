@@ -18,11 +18,11 @@ namespace fastlayernorm {
 
 void check_upcast_args(const Tensor& input, const std::optional<Tensor>& weight,
                        const std::optional<Tensor>& bias) {
-  TORCH_CHECK(input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
+  TORCH_CHECK(is_half_or_bfloat16(input.scalar_type()),
               "fastlayernorm: the float32-output path expects float16 or bfloat16 input, "
               "but got input of dtype ", input.scalar_type());
   for (const auto& [name, t] : {std::pair{"weight", &weight}, std::pair{"bias", &bias}}) {
-    TORCH_CHECK(!t->has_value() || !(*t)->defined() || (*t)->scalar_type() == at::kFloat,
+    TORCH_CHECK(is_float32_or_absent(*t),
                 "fastlayernorm: the float32-output path expects a float32 ", name,
                 " (or none), but got ", name, " of dtype ", (*t)->scalar_type());
   }

@@ -133,6 +133,15 @@ void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster, size
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Rows that do not start on a 16-byte boundary (N not a multiple of VEC):
+// with G CTA groups a multiple of VEC, the rows g, g + G, ... of a CTA all
+// start at the same offset from a boundary, so a thread's columns sit at the
+// same place in every chunk. A persistent grid rounds down (to stay
+// resident), a grid of all the rows' CTAs up.
+inline int64_t shift_uniform_groups(int64_t groups, int vec, bool persistent) {
+  return persistent ? std::max<int64_t>(vec, groups / vec * vec) : ceil_div(groups, vec) * vec;
+}
+
 // The persistent grid for table entry c: as many CTA groups as are resident
 // at once, or fewer when there are fewer rows. `cache` is the launcher's own.
 template <typename Kernel>
@@ -176,8 +185,9 @@ inline void check_row_fits_int(int64_t cols) {
               "row on CUDA, but got ", cols);
 }
 
-// Kernel parameters from the operator's arguments (cols already checked to
-// fit an int). O / G: the output / dy dtype.
+// Kernel parameters from the operator's arguments. O / G: the output / dy
+// dtype. cols is narrowed to int: only rows a table entry holds (at most
+// 512 KiB) reach the register kernels.
 template <typename T, typename W, typename O>
 ForwardParams<T, W, O> forward_params(const ForwardArgs& a) {
   return {a.input.const_data_ptr<T>(),         ptr_or_null<W>(a.weight),
@@ -221,12 +231,7 @@ bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
   if (groups == 0) return false;
   if (!c.persistent) groups = std::min<int64_t>(ceil_div(p.rows, c.rows), int64_t{1} << 30);
-  // Shifted rows: G a multiple of VEC gives each CTA rows of one shift (a
-  // persistent grid rounds down, to stay resident).
-  if (kShifted) {
-    groups = c.persistent ? std::max<int64_t>(kVec, groups / kVec * kVec)
-                          : ceil_div(groups, kVec) * kVec;
-  }
+  if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   return true;
 }
@@ -234,14 +239,14 @@ bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
 // Launches the register kernel of the table entry that holds the rows; false
 // when none takes them (a tensor off a 16-byte boundary, rows beyond the
 // table, clusters this GPU lacks, more shared memory than a CTA may have):
-// the caller then takes another path. The
-// autocast path (O = float) has kernels for rows of whole 16-byte chunks
-// only (N a multiple of the vector): fewer instantiations to compile.
+// the caller then takes another path. The autocast path (O = float) has
+// kernels for rows of whole 16-byte chunks only (N a multiple of the
+// vector): fewer instantiations to compile.
 template <typename T, typename W, typename O>
 bool launch_forward_registers(const ForwardArgs& a) {
   constexpr bool kShiftedKernels = std::is_same_v<O, T>;
   const bool shifted = a.cols % (16 / sizeof(T)) != 0;
-  if ((shifted && !kShiftedKernels) || a.cols > std::numeric_limits<int>::max() ||
+  if ((shifted && !kShiftedKernels) ||
       !all_aligned16({&a.input, &a.output, &a.weight, &a.bias})) {
     return false;
   }
@@ -303,10 +308,8 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   static ResidencyCache cache{};
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
   if (groups == 0) return false;
-  // A CTA keeps fixed columns across its rows; rows g, g + G, ... start at
-  // the same offset from a 16-byte boundary when G * N is a multiple of the
-  // vector (always, when N is).
-  if (kShifted) groups = std::max<int64_t>(kVec, groups / kVec * kVec);
+  // A CTA keeps fixed columns (weight, accumulators) across its rows.
+  if (kShifted) groups = shift_uniform_groups(groups, kVec, /*persistent=*/true);
   // One fp32 partial row of dweight and of dbias per CTA group.
   at::Tensor partials;
   const bool want_params = dw != nullptr || db != nullptr;
@@ -334,7 +337,7 @@ bool launch_backward_registers(const BackwardArgs& a) {
   constexpr bool kAllVariants = std::is_same_v<G, T>;
   const bool shifted = a.cols % (16 / sizeof(T)) != 0;
   const bool has_kernel = kAllVariants ? !(shifted && a.from_output) : !(shifted || a.from_output);
-  if (!has_kernel || a.cols > std::numeric_limits<int>::max() ||
+  if (!has_kernel ||
       !all_aligned16({&a.grad_out, &a.input, &a.grad_input, &a.weight, &a.bias})) {
     return false;
   }
