@@ -40,8 +40,8 @@ def check(rows, n, dtype, wdtype, offset=0):
 
 def main():
     ok = True
-    for n in (1, 7, 64, 127, 1000, 1024, 2048, 4099, 5120, 8192, 12288, 65537, 131072, 262144,
-              600000):
+    for n in (1, 7, 64, 127, 768, 1000, 1024, 1536, 2048, 3072, 4096, 4099, 5120, 8192, 12288,
+              16384, 65537, 131072, 262144, 600000):
         rows = 3 if n > 8192 else 17
         ok &= check(rows, n, torch.bfloat16, torch.bfloat16)
         if n <= 8192:

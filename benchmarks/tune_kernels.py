@@ -3,17 +3,22 @@ csrc/cuda/ under many thread mappings, to choose the entries of the tables in
 csrc/cuda/kernel_config.h from measurements.
 
 Each candidate (threads per row, bytes per thread, rows per CTA, cluster,
-staged rows ahead, resident threads per SM) is compiled as its own instantiation of the
-production kernel templates (ln_fwd_kernel / ln_bwd_kernel, through the same
-launch_forward_entry / launch_backward_entry as the package), into a JIT
-extension; every candidate is checked against the table's kernel output first
-and then timed against a device-to-device copy in the same process.
+staged rows ahead, resident threads per SM, grid mode / accumulator place) is
+compiled as its own instantiation of the production kernel templates
+(ln_fwd_kernel / ln_bwd_kernel, through the same launch_forward_entry /
+launch_backward_entry as the package) into a library of operators
+(torch.ops.fastlayernorm_tune.runN); every candidate is checked against
+torch's float32 layer_norm (and its autograd) first and then timed against a
+device-to-device copy in the same process.
 
     python benchmarks/tune_kernels.py --out tune.json            # GPU needed
     python benchmarks/tune_kernels.py --dtypes bf16 --sizes 4096 --dry-run
+    # compile on a machine without a GPU, time on one (same other arguments):
+    python benchmarks/tune_kernels.py --build-only --build-dir D ...
+    python benchmarks/tune_kernels.py --prebuilt --build-dir D ...
 
 The JSON lists every candidate's time and fraction of copy; the summary prints
-the best candidate per (direction, dtype, N) next to the current table entry.
+the best candidate per (direction, dtype, N).
 """
 from __future__ import annotations
 
@@ -45,15 +50,16 @@ def row_threads_options(row_bytes: int, bpt: int):
 
 
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
-               occupancy=False, acc_modes=(0,)):
+               occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2)):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
     flag: the forward's grid mode, the backward's accumulator place.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
     acc_modes: the backward's dweight/dbias accumulators (0 registers, 1 shared
     memory, then also at half the registers: twice the resident threads);
-    bwd_stages: the backward's staged rows to try (while they fit in 200 KiB);
-    occupancy: also fewer registers for more resident threads (forward 16-byte
-    threads at 1536/2048 per SM; backward 16-byte threads in CTAs up to 1024,
+    bwd_stages / fwd_stages: staged rows to try (the backward's while they fit
+    in 200 KiB; the forward stages only on persistent grids);
+    occupancy: also fewer registers for more resident threads (forward on
+    one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536; backward 16-byte threads in CTAs up to 1024,
     two CTAs per SM for CTAs of 257-511 threads)."""
     out = []
     bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
@@ -73,24 +79,29 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                     row_opts = [1] if cluster > 1 or tpr > 128 else [1, 2]
                 else:
                     row_opts = [r for r in (2, 4, 8, 16, 32, 64, 128) if tpr * r in (128, 256)]
-                stage_opts = (0, 1, 2) if direction == "fwd" else bwd_stages
+                stage_opts = fwd_stages if direction == "fwd" else bwd_stages
                 for rows, stages in itertools.product(row_opts, stage_opts):
                     if direction == "bwd" and stages * 2 * tpr * rows * bpt > 200 * 1024:
                         continue
                     mins = [1024 if direction == "fwd" else 512]
-                    if direction == "fwd" and bpt == 64 and stages == 1:
+                    if direction == "fwd" and bpt == 64:
                         mins.append(512)  # more registers: 64 bytes of bf16 spill at 64
                     if occupancy:
                         cta = tpr * rows
                         if direction == "fwd" and bpt == 16:
                             mins += [1536, 2048]
+                        if direction == "fwd" and bpt == 32:
+                            mins.append(1536)
                         if direction == "bwd" and 256 < cta < 512:
                             mins.append(2 * cta)
                         if direction == "bwd" and cta > 512:
                             mins = [cta]
                     if direction == "fwd":
                         for min_threads, persistent in itertools.product(mins, grids):
-                            out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
+                            # Only a looping CTA stages rows ahead; more resident
+                            # threads (--occupancy) are tried on one-pass grids.
+                            if (persistent or stages == 0) and (not persistent or min_threads <= 1024):
+                                out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
                         continue
                     for acc in acc_modes:
                         extra = [max(1024, 2 * tpr * rows)] if acc and tpr * rows <= 512 else []
@@ -125,7 +136,7 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
-                    f"at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {{\n"
+                    f"const at::Tensor& y, const at::Tensor& mean, const at::Tensor& rstd) {{\n"
                     f"  using T = {ctype};\n"
                     f"  ForwardParams<T, T> p{{x.const_data_ptr<T>(), w.const_data_ptr<T>(), "
                     f"b.const_data_ptr<T>(), y.mutable_data_ptr<T>(), mean.mutable_data_ptr<float>(), "
@@ -133,12 +144,12 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                     f"  launch_forward_entry<T, T, {shifted}>(Cfg{idx}{{}}, p, at::cuda::getCurrentCUDAStream());\n}}")
                 decls.append(
                     f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "
-                    f"at::Tensor&, at::Tensor&, at::Tensor&);")
+                    f"const at::Tensor&, const at::Tensor&, const at::Tensor&);")
             else:
                 lines.append(
                     f"void run{idx}(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, "
-                    f"const at::Tensor& rstd, const at::Tensor& w, at::Tensor& dx, at::Tensor& dw, "
-                    f"at::Tensor& db) {{\n"
+                    f"const at::Tensor& rstd, const at::Tensor& w, const at::Tensor& dx, "
+                    f"const at::Tensor& dw, const at::Tensor& db) {{\n"
                     f"  using T = {ctype};\n"
                     f"  BackwardParams<T, T> p{{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), "
                     f"mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), w.const_data_ptr<T>(), "
@@ -149,15 +160,18 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                     f"at::cuda::getCurrentCUDAStream());\n}}")
                 decls.append(
                     f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "
-                    f"const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&);")
+                    f"const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, "
+                    f"const at::Tensor&);")
             regs.append(f'  m.def("run{idx}", &fastlayernorm::cuda::tune::run{idx});')
         lines.append("}")
         path = build_dir / f"tune_{start // chunk:03d}.cu"
         path.write_text("\n".join(lines) + "\n")
         sources.append(str(path))
-    binding = ["#include <torch/extension.h>", "namespace fastlayernorm::cuda::tune {"]
+    # Operators (torch.ops.fastlayernorm_tune.runN), not a Python module: the
+    # library then loads into any Python, so it can be built on another machine.
+    binding = ["#include <torch/library.h>", "namespace fastlayernorm::cuda::tune {"]
     binding += decls
-    binding += ["}", "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {"] + regs + ["}"]
+    binding += ["}", "TORCH_LIBRARY(fastlayernorm_tune, m) {"] + regs + ["}"]
     path = build_dir / "tune_binding.cpp"
     path.write_text("\n".join(binding) + "\n")
     sources.append(str(path))
@@ -176,12 +190,17 @@ def main():
     ap.add_argument("--grids", default="1",
                     help="forward grid modes to try: 1 persistent, 0 one CTA per rows (e.g. 1,0)")
     ap.add_argument("--bwd-stages", default="0,1,2", help="backward staged rows to try")
+    ap.add_argument("--fwd-stages", default="0,1,2",
+                    help="forward staged rows to try (persistent grids only)")
     ap.add_argument("--acc-modes", default="0",
                     help="backward accumulators to try: 0 registers, 1 shared memory (e.g. 0,1)")
     ap.add_argument("--occupancy", action="store_true",
                     help="also try fewer registers per thread for more resident threads")
     ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
     ap.add_argument("--build-only", action="store_true", help="compile the candidates, time nothing")
+    ap.add_argument("--prebuilt", action="store_true",
+                    help="load the extension already built in --build-dir (e.g. compiled with "
+                         "--build-only on a machine without a GPU) instead of building it")
     args = ap.parse_args()
 
     plan = []
@@ -193,8 +212,10 @@ def main():
         row_bytes = (n + (vec - 1 if shifted else 0)) * esz
         grids = tuple(int(g) for g in args.grids.split(","))
         bwd_stages = tuple(int(g) for g in args.bwd_stages.split(","))
+        fwd_stages = tuple(int(g) for g in args.fwd_stages.split(","))
         acc_modes = tuple(int(g) for g in args.acc_modes.split(","))
-        for cfg in candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes):
+        for cfg in candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
+                              fwd_stages):
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted})
     # One instantiation per distinct (dir, dtype, cfg, shifted): N is a runtime argument.
     keys = {}
@@ -213,16 +234,22 @@ def main():
     unique = [(idx, {"dir": k[0], "dtype": k[1], "cfg": k[2], "shifted": k[3]})
               for k, idx in keys.items()]
     t0 = time.time()
-    sources = generate_sources(Path(args.build_dir), unique)
-    ext = load(name="fastlayernorm_tune", sources=sources,
-               extra_include_paths=[str(REPO / "csrc")],
-               extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
-                                  "-gencode=arch=compute_90,code=sm_90", "-DFASTLAYERNORM_WITH_CUDA"],
-               extra_cflags=["-O3"], build_directory=args.build_dir, verbose=False)
-    print(f"built {len(unique)} kernels in {time.time() - t0:.0f}s", flush=True)
+    if args.prebuilt:
+        torch.ops.load_library(str(Path(args.build_dir) / "fastlayernorm_tune.so"))
+    else:
+        sources = generate_sources(Path(args.build_dir), unique)
+        ext = load(name="fastlayernorm_tune", sources=sources,
+                   extra_include_paths=[str(REPO / "csrc")],
+                   extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
+                                      "-gencode=arch=compute_90,code=sm_90",
+                                      "-DFASTLAYERNORM_WITH_CUDA"],
+                   extra_cflags=["-O3"], build_directory=args.build_dir, verbose=False,
+                   is_python_module=False)
+        print(f"built {len(unique)} kernels in {time.time() - t0:.0f}s", flush=True)
     if args.build_only:
         return
-    import fastlayernorm  # noqa: F401  (the reference: the package's own kernels)
+    ext = torch.ops.fastlayernorm_tune
+    assert all(hasattr(ext, f"run{idx}") for idx, _ in unique), "stale --prebuilt library"
 
     torch.manual_seed(0)
     copy_src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
@@ -244,9 +271,16 @@ def main():
         w = (1 + 0.1 * torch.randn(n, device="cuda")).to(tdt)
         b = (0.1 * torch.randn(n, device="cuda")).to(tdt)
         dy = torch.randn_like(x)
-        ref_y, mean, rstd = torch.ops.fastlayernorm.layer_norm_fwd(x, [n], w, b, 1e-5)
-        ref_dx, ref_dw, ref_db = torch.ops.fastlayernorm.layer_norm_bwd(
-            dy, x, [n], mean, rstd, w, b, [True, True, True])
+        # The reference: torch's layer_norm in float32 (and its autograd).
+        xr = x.float().requires_grad_()
+        wr = w.float().requires_grad_()
+        br = b.float().requires_grad_()
+        yr = torch.nn.functional.layer_norm(xr, [n], wr, br, 1e-5)
+        yr.backward(dy.float())
+        ref_y, ref_dx, ref_dw, ref_db = yr.detach(), xr.grad, wr.grad, br.grad
+        del xr, yr
+        mean = x.float().mean(-1)
+        rstd = torch.rsqrt(x.float().var(-1, unbiased=False) + 1e-5)
         y = torch.empty_like(x)
         m2 = torch.empty_like(mean)
         r2 = torch.empty_like(rstd)

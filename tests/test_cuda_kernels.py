@@ -34,8 +34,8 @@ ALL_TRUE = [True, True, True]
 
 # Row sizes (bytes) where the kernel tables of csrc/cuda/kernel_config.h change
 # entries, plus the edges of the register kernels (beyond them: fallback kernels).
-_ROW_BYTES = [16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 8192, 9216, 10240, 12288, 16384,
-              20480, 24576, 32768, 49152, 65536, 131072, 262144, 524288]
+_ROW_BYTES = [16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 9216, 10240, 12288,
+              16384, 20480, 24576, 32768, 49152, 65536, 131072, 262144, 524288]
 
 
 def _boundary_ns(dtype):

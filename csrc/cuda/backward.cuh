@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         if (aligned && chunk_full<VEC, SHIFTED>(j0, n)) {
           Pack<float, VEC> out;
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) out.v[k] = acc[i][k];
+          for (int k = 0; k < VEC; ++k) out[k] = acc[i][k];
           store_pack(part_row + j0, out);
         } else if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
 #pragma unroll

@@ -18,64 +18,63 @@ namespace cg = cooperative_groups;
 
 constexpr int kWarpSize = 32;
 
-// N elements of T kept together in registers. Moved through memory with
-// 16-byte accesses (or one narrower access when the pack is smaller).
+// N elements of T kept together in registers and moved through memory with
+// 16-byte accesses. Stored as 16-byte words, not as N elements: copies and
+// selects (a loaded chunk or zeros) then stay whole 32-bit registers. Held
+// as T[N], the compiler split 16-bit packs into halves merged with byte
+// permutes that consumed each load at once, so a thread's loads went out one
+// after another instead of together (docs/kernels.md, session 4).
 template <typename T, int N>
-struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Pack {
-  T v[N];
+struct alignas(16) Pack {
+  static_assert(sizeof(T) * N % 16 == 0, "a pack is whole 16-byte words");
+  static constexpr int kWords = static_cast<int>(sizeof(T)) * N / 16;
+  uint4 words[kWords];
+
+  __device__ __forceinline__ T& operator[](int k) { return reinterpret_cast<T*>(words)[k]; }
+  __device__ __forceinline__ const T& operator[](int k) const {
+    return reinterpret_cast<const T*>(words)[k];
+  }
 };
 
 template <typename T, int N>
 __device__ __forceinline__ Pack<T, N> load_pack(const T* ptr) {
-  constexpr int kBytes = sizeof(T) * N;
   Pack<T, N> r;
-  if constexpr (kBytes >= 16) {
-    static_assert(kBytes % 16 == 0, "pack must be a whole number of 16B chunks");
 #pragma unroll
-    for (int c = 0; c < kBytes / 16; ++c) {
-      reinterpret_cast<uint4*>(&r)[c] = __ldg(reinterpret_cast<const uint4*>(ptr) + c);
-    }
-  } else if constexpr (kBytes == 8) {
-    *reinterpret_cast<uint2*>(&r) = __ldg(reinterpret_cast<const uint2*>(ptr));
-  } else if constexpr (kBytes == 4) {
-    *reinterpret_cast<uint32_t*>(&r) = __ldg(reinterpret_cast<const uint32_t*>(ptr));
-  } else {
-    static_assert(kBytes == 2, "unsupported pack size");
-    *reinterpret_cast<uint16_t*>(&r) = __ldg(reinterpret_cast<const uint16_t*>(ptr));
+  for (int c = 0; c < Pack<T, N>::kWords; ++c) {
+    r.words[c] = __ldg(reinterpret_cast<const uint4*>(ptr) + c);
   }
   return r;
 }
 
+// One 16-byte store per word, spelled out: through a uint4 assignment the
+// compiler split the shifted kernels' full-chunk stores into four 4-byte
+// ones (the pack is also stored element by element on the partial-chunk
+// path), and __stwb / __stcg come out as "strong" stores.
+__device__ __forceinline__ void store16(void* ptr, const uint4& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(ptr), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w));
+#endif
+}
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& p) {
-  constexpr int kBytes = sizeof(T) * N;
-  if constexpr (kBytes >= 16) {
 #pragma unroll
-    for (int c = 0; c < kBytes / 16; ++c) {
-      reinterpret_cast<uint4*>(ptr)[c] = reinterpret_cast<const uint4*>(&p)[c];
-    }
-  } else if constexpr (kBytes == 8) {
-    *reinterpret_cast<uint2*>(ptr) = *reinterpret_cast<const uint2*>(&p);
-  } else if constexpr (kBytes == 4) {
-    *reinterpret_cast<uint32_t*>(ptr) = *reinterpret_cast<const uint32_t*>(&p);
-  } else {
-    *reinterpret_cast<uint16_t*>(ptr) = *reinterpret_cast<const uint16_t*>(&p);
-  }
+  for (int c = 0; c < Pack<T, N>::kWords; ++c) store16(reinterpret_cast<uint4*>(ptr) + c, p.words[c]);
 }
 
-// Zeros written as whole 32-bit words: element-wise 16-bit writes make the
-// compiler merge halves with byte permutes on every conditional load.
 template <typename T, int N>
 __device__ __forceinline__ void zero_pack(Pack<T, N>& p) {
-  if constexpr (sizeof(Pack<T, N>) % 4 == 0) {
 #pragma unroll
-    for (int k = 0; k < static_cast<int>(sizeof(Pack<T, N>) / 4); ++k) {
-      reinterpret_cast<uint32_t*>(&p)[k] = 0u;
-    }
-  } else {
+  for (int c = 0; c < Pack<T, N>::kWords; ++c) p.words[c] = make_uint4(0u, 0u, 0u, 0u);
+}
+
+// A pack of VEC copies of v (1 or 0 for an absent weight or bias).
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> filled_pack(float v) {
+  Pack<T, N> p;
 #pragma unroll
-    for (int k = 0; k < N; ++k) p.v[k] = T(0);
-  }
+  for (int k = 0; k < N; ++k) p[k] = static_cast<T>(v);
+  return p;
 }
 
 template <typename T>
@@ -114,7 +113,7 @@ __device__ __forceinline__ void unpack(const Pack<T, N>& p, float (&f)[N]) {
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < N; ++k) f[k] = to_float(p.v[k]);
+    for (int k = 0; k < N; ++k) f[k] = to_float(p[k]);
   }
 }
 
@@ -126,17 +125,17 @@ __device__ __forceinline__ void store_floats(Pack<T, N>& out, const float (&v)[N
 #pragma unroll
     for (int k = 0; k < N; k += 2) {
       const __nv_bfloat162 two = __floats2bfloat162_rn(v[k], v[k + 1]);
-      *reinterpret_cast<__nv_bfloat162*>(&out.v[k]) = two;
+      *reinterpret_cast<__nv_bfloat162*>(&out[k]) = two;
     }
   } else if constexpr (N % 2 == 0 && std::is_same_v<T, c10::Half>) {
 #pragma unroll
     for (int k = 0; k < N; k += 2) {
       const __half2 two = __floats2half2_rn(v[k], v[k + 1]);
-      *reinterpret_cast<__half2*>(&out.v[k]) = two;
+      *reinterpret_cast<__half2*>(&out[k]) = two;
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < N; ++k) out.v[k] = static_cast<T>(v[k]);
+    for (int k = 0; k < N; ++k) out[k] = static_cast<T>(v[k]);
   }
 }
 
@@ -293,7 +292,7 @@ __device__ __noinline__ Pack<T, VEC> load_partial_chunk(const T* ptr, int j0, in
   zero_pack(p);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (col_in_row(j0 + k, n)) p.v[k] = ptr[j0 + k];
+    if (col_in_row(j0 + k, n)) p[k] = ptr[j0 + k];
   }
   return p;
 }
@@ -319,7 +318,7 @@ __device__ __forceinline__ void store_chunk(T* ptr, int j0, int n, const Pack<T,
   } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      if (col_in_row(j0 + k, n)) ptr[j0 + k] = p.v[k];
+      if (col_in_row(j0 + k, n)) ptr[j0 + k] = p[k];
     }
   }
 }

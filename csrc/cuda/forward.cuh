@@ -24,33 +24,80 @@ struct ForwardParams {
 };
 
 // VEC elements per 16-byte chunk, ITEMS chunks per thread, TPR threads per
-// row, ROWS rows per CTA, CLUSTER CTAs per row; STAGES rows ahead are copied
-// into shared memory (cp.async) while a row is reduced (0: rows are loaded
-// straight into registers); SHIFTED: N is not a multiple of VEC (rows start
-// off 16-byte boundaries, device_utils.cuh). CTA group g of G takes rows
-// g, g + G, g + 2G, ... (its slots the consecutive ones of these); G is the
-// resident CTA count (persistent grid) or all the rows' CTAs. Shifted rows:
-// the launcher makes G a multiple of VEC, so all rows of a CTA start at the
-// same offset from a 16-byte boundary, and the CTA's weight/bias chunks,
-// shifted to match, are gathered once into shared memory.
-// Dynamic shared memory: forward_smem_bytes below.
-template <typename W, int VEC, int ITEMS, int THREADS, int STAGES, bool SHIFTED>
+// row, ROWS rows per CTA, CLUSTER CTAs per row. PERSISTENT: as many CTAs as
+// are resident, CTA group g of G taking rows g, g + G, g + 2G, ... (its slots
+// the consecutive ones of these), STAGES rows ahead copied into shared memory
+// (cp.async) while a row is reduced; else one pass per CTA over its ROWS
+// consecutive rows, loaded straight into registers (measured faster for
+// rows that fit one CTA: no loop state, docs/kernels.md session 4).
+// SHIFTED: N is not a multiple of VEC (rows start off 16-byte boundaries,
+// device_utils.cuh); the launcher then makes G a multiple of VEC and a CTA
+// takes strided rows even on a one-pass grid, so all its rows start at the
+// same offset from a 16-byte boundary.
+//
+// Kernels at the 64-register cap (at least 1024 resident threads per SM)
+// holding more than 16 floats of the row per thread (16-bit rows, 64 bytes
+// per thread): "few registers" (see the kernel).
+template <int VEC, int ITEMS, int THREADS, int MIN_CTAS>
+__host__ __device__ constexpr bool forward_few_registers() {
+  return MIN_CTAS * THREADS >= 1024 && ITEMS * VEC > 16;
+}
+// Weight/bias chunks are gathered once per CTA into the thread's own
+// shared-memory slots for shifted rows (off 16-byte boundaries), for the
+// few-register kernels, and for persistent kernels at the 64-register cap
+// holding 64 bytes of the row (float32 long rows: registers for the chunks
+// spilled). Otherwise they are loaded from L1/L2, all of a thread's chunks
+// requested together after the reductions (one-pass float32 kernels measured
+// faster that way: 93% against 89% at N=4096).
+// Weight/bias wider than the input (float32 with half/bfloat16 rows) take
+// twice the slots: in shared memory only for shifted rows, otherwise loaded
+// chunk by chunk in the output loop (hoisted, their registers spilled; in
+// shared memory, they cut the CTAs per SM: 56-63% of copy at N=768-8192).
+template <typename W, int VEC>
+__host__ __device__ constexpr bool forward_wide_params() {
+  return sizeof(W) * VEC > 16;
+}
+template <typename W, int VEC, int ITEMS, int THREADS, int MIN_CTAS, bool SHIFTED,
+          bool PERSISTENT>
+__host__ __device__ constexpr bool forward_params_in_smem() {
+  return SHIFTED ||
+         (!forward_wide_params<W, VEC>() &&
+          (forward_few_registers<VEC, ITEMS, THREADS, MIN_CTAS>() ||
+           (PERSISTENT && MIN_CTAS * THREADS >= 1024 && ITEMS >= 4)));
+}
+// Dynamic shared memory of a forward kernel.
+template <typename W, int VEC, int ITEMS, int THREADS, int MIN_CTAS, int STAGES, bool SHIFTED,
+          bool PERSISTENT>
 constexpr size_t forward_smem_bytes() {
   const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16;
-  const size_t params = SHIFTED ? 2 * ITEMS * THREADS * sizeof(Pack<W, VEC>) : 0;
+  const size_t params =
+      forward_params_in_smem<W, VEC, ITEMS, THREADS, MIN_CTAS, SHIFTED, PERSISTENT>()
+          ? 2 * ITEMS * THREADS * sizeof(Pack<W, VEC>)
+          : 0;
   return staged + params;
 }
 
 template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
-          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED>
+          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W, O> p) {
+  static_assert(PERSISTENT || STAGES == 0, "rows are staged ahead only by a CTA that loops");
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
+  // Threads at the 64-register cap holding more than 16 floats of the row:
+  // serial sums keep fewer values live (fewer spills, measured on rows of
+  // 64-512 KiB); elsewhere sums are trees.
+  constexpr bool kFewRegisters = forward_few_registers<VEC, ITEMS, kThreads, MIN_CTAS>();
+  constexpr bool kParamsInSmem =
+      forward_params_in_smem<W, VEC, ITEMS, kThreads, MIN_CTAS, SHIFTED, PERSISTENT>();
+  constexpr bool kHoistParams = !kParamsInSmem && !forward_wide_params<W, VEC>();
+  // 16-bit rows keep x (the compiler re-widens it from the packs instead of
+  // holding twice the registers); float32 rows keep d = x - mean0.
+  constexpr bool kKeepX = sizeof(T) == 2 || kFewRegisters;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
-  // [STAGES][ITEMS][kThreads] 16-byte slots, then (shifted rows) the
+  // [STAGES][ITEMS][kThreads] 16-byte slots, then (kParamsInSmem) the
   // weight and bias chunks: [2][ITEMS][kThreads] packs of W.
   extern __shared__ uint4 staging[];
   Pack<W, VEC>* const params_smem =
@@ -69,18 +116,20 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
     return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
   };
-  if constexpr (SHIFTED) {
-    // The chunks under this thread's columns start off 16-byte boundaries
-    // of weight/bias: gathered once (each thread reads back only its own).
+  if constexpr (kParamsInSmem) {
+    // Each thread reads back only its own slots: no barrier.
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      if (p.w) param_slot(0, i) = load_chunk<W, VEC, true>(p.w, j0, n, shift == 0);
-      if (p.b) param_slot(1, i) = load_chunk<W, VEC, true>(p.b, j0, n, shift == 0);
+      if (p.w) param_slot(0, i) = load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0);
+      if (p.b) param_slot(1, i) = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
     }
   }
 
-  int64_t row = slot * groups + group;
+  // A CTA's rows: consecutive ones on a one-pass grid (whole stretches of
+  // memory per CTA), else strided (see above).
+  constexpr bool kConsecutive = !PERSISTENT && !SHIFTED && CLUSTER == 1;
+  int64_t row = kConsecutive ? group * ROWS + slot : slot * groups + group;
   if constexpr (STAGES > 0) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
@@ -104,7 +153,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     } else {
       load_row<SHIFTED>(packs, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
     }
-    // The row widened to floats once, zeros outside it.
+    // The row widened to floats, zeros outside it.
     float xf[ITEMS][VEC];
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
@@ -121,12 +170,6 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
 
-    // Threads holding more than 16 floats of a row run at the register cap
-    // (64 per thread on 1024-thread rows): there serial sums and the
-    // four-operation output keep fewer values live (fewer spills; measured
-    // on rows of 64-512 KiB, docs/kernels.md); elsewhere sums are trees and
-    // the output is fused multiply-adds.
-    constexpr bool kFewRegisters = ITEMS * VEC > 16;
     float sum = 0.f;
     if constexpr (kFewRegisters) {
 #pragma unroll
@@ -143,11 +186,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const float mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
 
     // Corrected two-pass: the deviations' sum corrects the rounding of the
-    // first mean (a constant row then gives x - mean = 0 exactly, not noise
-    // that rstd = 1/sqrt(eps) would amplify), and
+    // first mean (a constant row then gives d - corr = 0 exactly where d is
+    // kept, not noise that rstd = 1/sqrt(eps) would amplify), and
     //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
-    // Only columns of the row count (d = 0 outside it). Apart from
-    // kFewRegisters, the row is kept as d from here on.
+    // Only columns of the row count (d = 0 outside it).
     float2 dev = make_float2(0.f, 0.f);
     if constexpr (kFewRegisters) {
 #pragma unroll
@@ -167,18 +209,25 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        // Branches per chunk, not a predicate per element (the shifted
+        // kernels ran out of predicate registers with those).
+        float d[VEC];
         if (chunk_full<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) xf[i][k] -= mean0;
+          for (int k = 0; k < VEC; ++k) d[k] = xf[i][k] - mean0;
         } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) xf[i][k] = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
+          for (int k = 0; k < VEC; ++k) d[k] = col_in_row(j0 + k, n) ? xf[i][k] - mean0 : 0.f;
         } else {
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) xf[i][k] = 0.f;
+          for (int k = 0; k < VEC; ++k) d[k] = 0.f;
         }
-        dev_sums[i] = tree_sum(xf[i]);
-        dev_squares[i] = dot(xf[i], xf[i]);
+        dev_sums[i] = tree_sum(d);
+        dev_squares[i] = dot(d, d);
+        if constexpr (!kKeepX) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) xf[i][k] = d[k];
+        }
       }
       dev = make_float2(tree_sum(dev_sums), tree_sum(dev_squares));
     }
@@ -189,31 +238,52 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const float rstd = rsqrtf(var + p.eps);
 
     if (row_ok) {
+      // Weight/bias chunks from L1/L2 (kHoistParams) are all requested
+      // before the first store: loaded between stores they waited one after
+      // another (the compiler cannot move a load above a store that may
+      // alias it), one round trip per chunk at the end of every row. Absent
+      // ones are constant packs, so the arithmetic has no branches.
+      auto param_chunk = [&](int tensor, int i) -> Pack<W, VEC> {
+        const W* ptr = tensor == 0 ? p.w : p.b;
+        if (!ptr) return filled_pack<W, VEC>(tensor == 0 ? 1.f : 0.f);
+        if constexpr (kParamsInSmem) {
+          return param_slot(tensor, i);
+        } else {
+          return load_chunk<W, VEC, false>(
+              ptr, chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift), n, true);
+        }
+      };
+      Pack<W, VEC> wp[ITEMS], bp[ITEMS];
+      if constexpr (kHoistParams) {
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+          wp[i] = param_chunk(0, i);
+          bp[i] = param_chunk(1, i);
+        }
+      }
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
         if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
-          float wf[VEC], bf[VEC];
-          if constexpr (SHIFTED) {
-            if (p.w) unpack(param_slot(0, i), wf);
-            if (p.b) unpack(param_slot(1, i), bf);
-          } else {
-            if (p.w) unpack(load_chunk<W, VEC, false>(p.w, j0, n, true), wf);
-            if (p.b) unpack(load_chunk<W, VEC, false>(p.b, j0, n, true), bf);
+          if constexpr (!kHoistParams) {
+            wp[i] = param_chunk(0, i);
+            bp[i] = param_chunk(1, i);
           }
-          // y = (x - mean) * rstd * w + b = d * a + (b - corr * a), a = rstd * w:
-          // two fused multiply-adds and a multiply per element.
+          float wf[VEC], bf[VEC];
+          unpack(wp[i], wf);
+          unpack(bp[i], bf);
+          // y = (x - mean) * a + b, a = rstd * w; where xf holds d = x -
+          // mean0: d * a + (b - corr * a). Three operations per element
+          // either way. x - mean is formed first: as x * a - mean * a the
+          // rounding of both products, ~1e-7 * |x| * rstd, stays in y, which
+          // for a zero-variance row (rstd = 1/sqrt(eps)) is visible even in
+          // 16-bit outputs (N=1 rows must give y = b exactly).
           float v[VEC];
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            if constexpr (kFewRegisters) {
-              v[k] = (xf[i][k] - mean) * rstd;  // xf still holds x here
-              if (p.w) v[k] *= wf[k];
-              if (p.b) v[k] += bf[k];
-            } else {
-              const float a = p.w ? rstd * wf[k] : rstd;
-              v[k] = fmaf(xf[i][k], a, fmaf(-corr, a, p.b ? bf[k] : 0.f));
-            }
+            const float a = rstd * wf[k];
+            v[k] = kKeepX ? fmaf(xf[i][k] - mean, a, bf[k])
+                          : fmaf(xf[i][k], a, fmaf(-corr, a, bf[k]));
           }
           Pack<O, VEC> out;
           store_floats(out, v);
@@ -225,6 +295,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         p.rstd[row] = rstd;
       }
     }
+    if constexpr (!PERSISTENT) break;  // one pass per CTA: no loop state kept
   }
   cluster_exit_barrier<CLUSTER>();
 }

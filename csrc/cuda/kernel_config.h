@@ -62,28 +62,33 @@ struct TableEntry {
 constexpr bool kGrid = false;  // persistent = false: one CTA per `rows` rows
 constexpr bool kAccSmem = true;
 
-// Forward: the row is widened to floats in registers; `stages` rows ahead
-// wait in shared memory.
+// Forward: the row is widened to floats in registers. Rows that fit one CTA
+// measured fastest on one-pass grids (kGrid: one CTA per `rows` rows,
+// loaded straight into registers); long rows and odd N (shifted rows) on
+// persistent grids with one row staged ahead.
 inline constexpr KernelConfig kForwardConfigs16[] = {
     {16, 1, 16, 128, 1, 1},
     {32, 2, 16, 64, 1, 1},
     {64, 4, 16, 32, 1, 1},
     {128, 8, 16, 16, 1, 1},
-    {256, 8, 32, 16, 1, 1, 0, kGrid},
-    {512, 16, 32, 8, 1, 1, 0, kGrid},
-    {1024, 32, 32, 4, 1, 1, 0, kGrid},
-    // Rows that leave a quarter of the threads idle (N = 768, 1536) measured
-    // 3-4% faster on a persistent grid than on the non-persistent one.
-    {1536, 32, 64, 4, 1, 1, 512},
-    {2048, 32, 64, 4, 1, 1, 512, kGrid},
-    {3072, 128, 32, 2, 1, 1},
-    {4096, 128, 32, 1, 1, 2, 0, kGrid},
-    {8192, 256, 32, 1, 1, 1},
-    {10240, 160, 64, 1, 1, 1, 512},
-    {12288, 192, 64, 1, 1, 1, 512},
-    {16384, 256, 64, 1, 1, 1, 0, kGrid},
+    {256, 4, 64, 32, 1, 0, 512, kGrid},
+    {512, 8, 64, 16, 1, 0, 512, kGrid},
+    {1024, 32, 32, 4, 1, 0, 0, kGrid},
+    {1536, 32, 64, 8, 1, 0, 0, kGrid},
+    {2048, 64, 32, 2, 1, 0, 0, kGrid},
+    // N = 1537-2048 (1600: 87.5%) rather than N=2048 alone (90.6% with
+    // 128 x 32 B): the entry serves the whole range.
+    {4096, 64, 64, 2, 1, 0, 0, kGrid},
+    {6144, 128, 64, 1, 1, 0, 0, kGrid},
+    {8192, 128, 64, 1, 1, 0, 512, kGrid},
+    // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).
+    {9216, 288, 32, 1, 1, 1},
+    {10240, 320, 32, 1, 1, 0, 1536, kGrid},
+    {12288, 256, 64, 1, 1, 0},
+    {16384, 256, 64, 1, 1, 0, 0, kGrid},
+    {24576, 384, 64, 1, 1, 0, 0, kGrid},
     {32768, 512, 64, 1, 1, 1, 512},
-    {65536, 1024, 64, 1, 1, 1},
+    {65536, 1024, 64, 1, 1, 1, 512},
     // Rows beyond one CTA's registers: a cluster of CTAs per row.
     {131072, 512, 64, 1, 4, 1},
     {262144, 512, 64, 1, 8, 1},
@@ -96,16 +101,19 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {128, 8, 16, 16, 1, 1},
     {256, 16, 16, 8, 1, 1},
     {512, 16, 32, 8, 1, 1},
-    {1024, 32, 32, 4, 1, 1},
-    {2048, 32, 64, 8, 1, 0},
-    {4096, 128, 32, 1, 1, 0, 0, kGrid},
-    {8192, 128, 64, 1, 1, 0},
-    {12288, 192, 64, 1, 1, 0},
+    {1024, 64, 16, 2, 1, 0, 1536, kGrid},
+    {2048, 64, 32, 2, 1, 0, 1536, kGrid},
+    {4096, 64, 64, 4, 1, 0, 0, kGrid},
+    {8192, 128, 64, 1, 1, 0, 512, kGrid},
+    {12288, 256, 64, 1, 1, 0, 512, kGrid},
     {16384, 256, 64, 1, 1, 0, 0, kGrid},
-    {20480, 320, 64, 1, 1, 0},
+    {20480, 320, 64, 1, 1, 0, 512, kGrid},
+    // Two CTAs per SM: at up to 128 registers (69 used) one 512-thread CTA
+    // per SM ran at 64-74% of copy in the benchmark (the v10 sweep's 93%
+    // was taken before a change that raised it from 64 registers).
     {32768, 512, 64, 1, 1, 0, 0, kGrid},
-    {49152, 768, 64, 1, 1, 2},
-    {65536, 1024, 64, 1, 1, 1},
+    {49152, 768, 64, 1, 1, 1, 512},
+    {65536, 1024, 64, 1, 1, 1, 512},
     {131072, 512, 64, 1, 4, 1},
     {262144, 512, 64, 1, 8, 1},
     {524288, 1024, 64, 1, 8, 1},
@@ -124,14 +132,17 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     {256, 16, 16, 8, 1, 2},
     {512, 32, 16, 4, 1, 2},
     {1024, 32, 32, 8, 1, 2},
+    {1536, 64, 32, 2, 1, 0, 512, true, kAccSmem},
     {2048, 64, 32, 4, 1, 2},
+    {3072, 192, 16, 1, 1, 1, 1024, true, kAccSmem},
     {4096, 128, 32, 2, 1, 2},
+    {6144, 192, 32, 1, 1, 2, 512, true, kAccSmem},
     {8192, 256, 32, 1, 1, 2},
     {9216, 288, 32, 1, 1, 2, 576, true, kAccSmem},
     {10240, 320, 32, 1, 1, 1, 640, true, kAccSmem},
     {12288, 1024, 16, 1, 1, 1, 1024},
-    {16384, 512, 32, 1, 1, 2},
-    {24576, 384, 32, 1, 2, 2, 1024, true, kAccSmem},
+    {16384, 512, 32, 1, 1, 0},
+    {24576, 384, 32, 1, 2, 0, 1024, true, kAccSmem},
     {32768, 512, 32, 1, 2, 1, 1024, true, kAccSmem},
     {65536, 512, 32, 1, 4, 1, 1024, true, kAccSmem},
     {131072, 512, 32, 1, 8, 1, 1024, true, kAccSmem},

@@ -222,15 +222,22 @@ bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
   constexpr int kItems = c.bytes_per_thread / 16;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
-  auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster,
-                              min_ctas_per_sm(c, kForwardMinThreadsPerSm), c.stages, kShifted>;
+  constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
+  auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                              c.stages, kShifted, c.persistent>;
   constexpr size_t kSmem =
-      forward_smem_bytes<W, kVec, kItems, cta_threads(c), c.stages, kShifted>();
+      forward_smem_bytes<W, kVec, kItems, cta_threads(c), kMinCtas, c.stages, kShifted,
+                         c.persistent>();
   static ResidencyCache cache{};
   // (Also sets the kernel's shared-memory limit on first use.)
   int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
   if (groups == 0) return false;
-  if (!c.persistent) groups = std::min<int64_t>(ceil_div(p.rows, c.rows), int64_t{1} << 30);
+  if (!c.persistent) {
+    // One pass per CTA: every row needs its CTA (more than a grid holds only
+    // for tensors far beyond any GPU's memory; the fallback takes those).
+    groups = ceil_div(p.rows, c.rows);
+    if (groups > (int64_t{1} << 30)) return false;
+  }
   if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   return true;
