@@ -23,9 +23,10 @@ struct KernelConfig {
   // 65536 / min_threads); 0: the direction's default below.
   int min_threads = 0;
   // Forward only: true launches as many CTAs as are resident at once, each
-  // looping over rows; false one CTA per `rows` rows, left to the hardware's
-  // CTA scheduler. The backward is always persistent (one dweight/dbias
-  // partial row per CTA).
+  // looping over rows; false compiles a one-pass kernel, one CTA per `rows`
+  // consecutive rows, left to the hardware's CTA scheduler (stages must be
+  // 0: nothing to stage ahead). The backward is always persistent (one
+  // dweight/dbias partial row per CTA).
   bool persistent = true;
   // Backward only: the dweight/dbias accumulators of a thread's columns live
   // in shared memory instead of registers (added to once per row), which
