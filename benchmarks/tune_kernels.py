@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -59,8 +58,9 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
     bwd_stages / fwd_stages: staged rows to try (the backward's while they fit
     in 200 KiB; the forward stages only on persistent grids);
     occupancy: also fewer registers for more resident threads (forward on
-    one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536; backward 16-byte threads in CTAs up to 1024,
-    two CTAs per SM for CTAs of 257-511 threads)."""
+    one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536;
+    backward 16-byte threads in CTAs up to 1024, two CTAs per SM for CTAs of
+    257-511 threads)."""
     out = []
     bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
     max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
@@ -234,22 +234,29 @@ def main():
     unique = [(idx, {"dir": k[0], "dtype": k[1], "cfg": k[2], "shifted": k[3]})
               for k, idx in keys.items()]
     t0 = time.time()
+    # The candidates a library was built for, kept beside it: runN means the
+    # N-th of these, so --prebuilt must be given the same plan.
+    manifest = Path(args.build_dir) / "plan.json"
+    plan_text = json.dumps([[idx, c] for idx, c in unique], sort_keys=True)
     if args.prebuilt:
+        if not manifest.is_file() or manifest.read_text() != plan_text:
+            sys.exit(f"--prebuilt: {manifest} is missing or lists other candidates than these "
+                     "arguments do (build again with --build-only and the same arguments)")
         torch.ops.load_library(str(Path(args.build_dir) / "fastlayernorm_tune.so"))
     else:
         sources = generate_sources(Path(args.build_dir), unique)
-        ext = load(name="fastlayernorm_tune", sources=sources,
-                   extra_include_paths=[str(REPO / "csrc")],
-                   extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
-                                      "-gencode=arch=compute_90,code=sm_90",
-                                      "-DFASTLAYERNORM_WITH_CUDA"],
-                   extra_cflags=["-O3"], build_directory=args.build_dir, verbose=False,
-                   is_python_module=False)
+        load(name="fastlayernorm_tune", sources=sources,
+             extra_include_paths=[str(REPO / "csrc")],
+             extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
+                                "-gencode=arch=compute_90,code=sm_90",
+                                "-DFASTLAYERNORM_WITH_CUDA"],
+             extra_cflags=["-O3"], build_directory=args.build_dir, verbose=False,
+             is_python_module=False)
+        manifest.write_text(plan_text)
         print(f"built {len(unique)} kernels in {time.time() - t0:.0f}s", flush=True)
     if args.build_only:
         return
     ext = torch.ops.fastlayernorm_tune
-    assert all(hasattr(ext, f"run{idx}") for idx, _ in unique), "stale --prebuilt library"
 
     torch.manual_seed(0)
     copy_src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
@@ -303,7 +310,8 @@ def main():
                 dx.fill_(float("nan"))
                 fn()
                 ok = bool(torch.allclose(dx.float(), ref_dx.float(), rtol=1e-2, atol=1e-2)
-                          and torch.allclose(dw.float(), ref_dw.float(), rtol=1e-2, atol=1e-1))
+                          and torch.allclose(dw.float(), ref_dw.float(), rtol=1e-2, atol=1e-1)
+                          and torch.allclose(db.float(), ref_db.float(), rtol=1e-2, atol=1e-1))
             try:
                 ms = do_bench(fn, warmup=5, rep=args.rep_ms, return_mode="median")
             except Exception as e:  # a configuration that cannot launch

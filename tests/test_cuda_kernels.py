@@ -8,6 +8,9 @@ without a GPU.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,9 +36,12 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALL_TRUE = [True, True, True]
 
 # Row sizes (bytes) where the kernel tables of csrc/cuda/kernel_config.h change
-# entries, plus the edges of the register kernels (beyond them: fallback kernels).
-_ROW_BYTES = [16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 9216, 10240, 12288,
-              16384, 20480, 24576, 32768, 49152, 65536, 131072, 262144, 524288]
+# entries (each entry's max_row_bytes, read from the header so a table change
+# cannot leave its new edges untested), the last of them being the edge of the
+# register kernels (beyond it: fallback kernels).
+_KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
+_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*\{(\d+),", _KERNEL_CONFIG.read_text(), re.M)})
+assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 524288, _ROW_BYTES
 
 
 def _boundary_ns(dtype):

@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       forward_params_in_smem<W, VEC, ITEMS, kThreads, MIN_CTAS, SHIFTED, PERSISTENT>();
   constexpr bool kHoistParams = !kParamsInSmem && !forward_wide_params<W, VEC>();
   // 16-bit rows keep x (the compiler re-widens it from the packs instead of
-  // holding twice the registers); float32 rows keep d = x - mean0.
+  // holding twice the registers); float32 rows keep d = x - mean0. The
+  // few-register pass never writes d back, so it always keeps x.
   constexpr bool kKeepX = sizeof(T) == 2 || kFewRegisters;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;

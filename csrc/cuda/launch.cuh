@@ -229,15 +229,15 @@ bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
       forward_smem_bytes<W, kVec, kItems, cta_threads(c), kMinCtas, c.stages, kShifted,
                          c.persistent>();
   static ResidencyCache cache{};
-  // (Also sets the kernel's shared-memory limit on first use.)
-  int64_t groups = persistent_groups(kernel, c, kSmem, p.rows, cache);
-  if (groups == 0) return false;
-  if (!c.persistent) {
-    // One pass per CTA: every row needs its CTA (more than a grid holds only
-    // for tensors far beyond any GPU's memory; the fallback takes those).
-    groups = ceil_div(p.rows, c.rows);
-    if (groups > (int64_t{1} << 30)) return false;
-  }
+  // 0: the kernel's shared memory does not fit a CTA here. (Also sets the
+  // kernel's shared-memory limit on first use, which one-pass grids need too.)
+  const int64_t resident = resident_groups(kernel, cta_threads(c), c.cluster, kSmem, cache);
+  if (resident == 0) return false;
+  // One-pass grids give every `rows` rows their CTA (more than a grid holds
+  // only for tensors far beyond any GPU's memory; the fallback takes those).
+  const int64_t all_rows = ceil_div(p.rows, c.rows);
+  if (!c.persistent && all_rows > (int64_t{1} << 30)) return false;
+  int64_t groups = c.persistent ? std::min(all_rows, resident) : all_rows;
   if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   return true;
