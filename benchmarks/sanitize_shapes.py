@@ -40,8 +40,8 @@ def check(rows, n, dtype, wdtype, offset=0):
 
 def main():
     ok = True
-    for n in (1, 7, 64, 127, 768, 1000, 1024, 1536, 2048, 3072, 4096, 4099, 5120, 8192, 12288,
-              16384, 65537, 131072, 262144, 600000):
+    for n in (1, 7, 64, 127, 768, 1000, 1024, 1536, 2048, 3072, 4096, 4099, 5120, 6144, 6147,
+              8192, 12288, 16384, 65537, 131072, 262144, 600000):
         rows = 3 if n > 8192 else 17
         ok &= check(rows, n, torch.bfloat16, torch.bfloat16)
         if n <= 8192:
@@ -49,6 +49,10 @@ def main():
             ok &= check(rows, n, torch.float16, torch.float32, offset=1)
             ok &= check(rows, n, torch.float64, torch.float64)
     ok &= check(5, 32768, torch.float32, torch.float32)
+    ok &= check(3, 65536, torch.float32, torch.float32)
+    # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
+    ok &= check(3, 16384, torch.bfloat16, torch.float32)
+    ok &= check(3, 131072, torch.bfloat16, torch.float32)
     print("ALL OK" if ok else "SOME FAILED", flush=True)
 
 

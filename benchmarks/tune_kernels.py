@@ -48,6 +48,29 @@ def row_threads_options(row_bytes: int, bpt: int):
     return sorted({warps, pow2})
 
 
+def row_in_smem_candidates(row_bytes: int):
+    """Forward entries whose row lives in shared memory (grid mode 2): CTAs of
+    128-1024 threads holding 32-512 bytes of the row each, a cluster of 1-8
+    CTAs per row (slices of at least 16 KiB), at most 200 KiB of the row per
+    CTA. One-pass (flag 2) and persistent with 0-1 rows ahead (flag 3, weight
+    and bias in shared memory). Registers for the CTAs the shared memory lets
+    an SM hold (min_threads 0)."""
+    out = []
+    for cluster in (1, 2, 4, 8):
+        for threads in (128, 256, 512, 1024):
+            per_thread = math.ceil(row_bytes / (cluster * threads) / 16) * 16
+            if not 32 <= per_thread <= 512 or threads * per_thread > 200 * 1024:
+                continue
+            if cluster > 1 and row_bytes < cluster * 16 * 1024:
+                continue  # slices under 16 KiB: a smaller cluster holds the row
+            out.append((threads, per_thread, 1, cluster, 0, 0, 2))
+            # Persistent (flag 3): weight/bias once in shared memory, 0-1 rows ahead.
+            for stages in (0, 1):
+                if (stages + 3) * threads * per_thread <= 200 * 1024:
+                    out.append((threads, per_thread, 1, cluster, stages, 0, 3))
+    return out
+
+
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2)):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
@@ -62,6 +85,11 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
     backward 16-byte threads in CTAs up to 1024, two CTAs per SM for CTAs of
     257-511 threads)."""
     out = []
+    if direction == "fwd" and 2 in grids:
+        out += row_in_smem_candidates(row_bytes)
+        grids = tuple(g for g in grids if g not in (2, 3))
+        if not grids:
+            return out
     bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
     max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
     if occupancy and direction == "bwd":
@@ -125,14 +153,17 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             tpr, bpt, rows, cluster, stages, min_threads, flag = c["cfg"]
             # The last field: the forward's grid mode (persistent), the
             # backward's accumulators in shared memory.
-            persistent = flag if c["dir"] == "fwd" else 1
+            # Forward: 0 one-pass, 1 persistent, 2 row in shared memory (one
+            # pass), 3 row in shared memory, persistent.
+            persistent = flag in (1, 3) if c["dir"] == "fwd" else 1
+            row_in_smem = c["dir"] == "fwd" and flag in (2, 3)
             acc_smem = flag if c["dir"] == "bwd" else 0
             ctype = DTYPES[c["dtype"]][0]
             shifted = "true" if c["shifted"] else "false"
             lines.append(
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
                 f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
-                f"{'true' if acc_smem else 'false'}}}; }};")
+                f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -188,7 +219,9 @@ def main():
     ap.add_argument("--out", default="tune.json")
     ap.add_argument("--rep-ms", type=float, default=30.0)
     ap.add_argument("--grids", default="1",
-                    help="forward grid modes to try: 1 persistent, 0 one CTA per rows (e.g. 1,0)")
+                    help="forward grid modes to try: 1 persistent, 0 one CTA per rows, 2 rows held "
+                         "in shared memory, one CTA (cluster) per row, one-pass and "
+                         "persistent (e.g. 1,0,2)")
     ap.add_argument("--bwd-stages", default="0,1,2", help="backward staged rows to try")
     ap.add_argument("--fwd-stages", default="0,1,2",
                     help="forward staged rows to try (persistent grids only)")

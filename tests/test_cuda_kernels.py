@@ -40,7 +40,8 @@ ALL_TRUE = [True, True, True]
 # cannot leave its new edges untested), the last of them being the edge of the
 # register kernels (beyond it: fallback kernels).
 _KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
-_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*\{(\d+),", _KERNEL_CONFIG.read_text(), re.M)})
+_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:\{|row_in_smem_entry\()(\d+),",
+                                                  _KERNEL_CONFIG.read_text(), re.M)})
 assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 524288, _ROW_BYTES
 
 
@@ -128,6 +129,20 @@ def test_low_precision_input_float32_params(x_dtype, n):
     res, _ = check_against_reference(x, [n], w, b, g)
     assert res["y"].dtype == x_dtype and res["dx"].dtype == x_dtype
     assert res["dw"].dtype == res["db"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("x_dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("n", [6144, 16384, 131072])
+def test_autocast_float32_output_row_in_smem(x_dtype, n):
+    """Autocast's float32 output from 16-bit rows with float32 parameters (the O = float
+    instantiations) on the row-in-shared-memory kernels."""
+    x = make_input((3, n), x_dtype, "cuda")
+    w, b = make_params([n], torch.float32, "cuda")
+    with torch.autocast("cuda", dtype=x_dtype):
+        out = fastlayernorm.layer_norm(x, [n], w, b, EPS)
+    ref = torch.nn.functional.layer_norm(x.double().cpu(), [n], w.double().cpu(), b.double().cpu(), EPS)
+    assert out.dtype == torch.float32
+    assert rel_err(out, ref) <= TOL[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

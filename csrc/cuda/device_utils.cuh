@@ -214,7 +214,7 @@ struct RowReducer {
   // Lives in shared memory; one per CTA.
   struct Storage {
     V warp_part[2][ROWS][kWarpsPerRow];
-    V cta_part[2];
+    V cluster_part[2][CLUSTER];  // the CTA totals of a cluster, by rank
   };
 
   Storage& storage;
@@ -237,14 +237,21 @@ struct RowReducer {
       for (int w = 0; w < kWarpsPerRow; ++w) total = total + storage.warp_part[parity][slot][w];
       if constexpr (CLUSTER > 1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // Pushed, not pulled: thread r stores this CTA's total into rank r's
+        // slot for this rank (CLUSTER remote stores per CTA; every thread
+        // loading every rank's total remotely cost CLUSTER remote loads per
+        // thread). The cluster barrier orders the stores before the reads;
+        // a slot is rewritten two reductions later, after the barrier in
+        // between, which its reader passes only after reading it.
         cg::cluster_group cluster = cg::this_cluster();
-        if (threadIdx.x == 0) storage.cta_part[parity] = total;
+        const unsigned rank = cluster.block_rank();
+        if (threadIdx.x < CLUSTER) {
+          *cluster.map_shared_rank(&storage.cluster_part[parity][rank], threadIdx.x) = total;
+        }
         cluster.sync();
         total = zero_value<V>();
 #pragma unroll
-        for (int r = 0; r < CLUSTER; ++r) {
-          total = total + *cluster.map_shared_rank(&storage.cta_part[parity], r);
-        }
+        for (int r = 0; r < CLUSTER; ++r) total = total + storage.cluster_part[parity][r];
 #else
         __trap();  // cluster kernels are launched on sm_90+ only
 #endif

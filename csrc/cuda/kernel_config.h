@@ -1,8 +1,9 @@
 // The kernel choice per size range, as tables: one row per range of row
 // sizes (in bytes of the input dtype), giving the thread mapping. A row is
-// held in registers by `tpr` threads, `bytes_per_thread` bytes each; a CTA
-// holds `rows` such rows at a time, or one row is split over `cluster` CTAs of
-// a thread-block cluster (Hopper) when one CTA's registers cannot hold it.
+// held in registers (or, for row_in_smem entries of the forward, in shared
+// memory) by `tpr` threads, `bytes_per_thread` bytes each; a CTA holds `rows`
+// such rows at a time, or one row is split over `cluster` CTAs of a
+// thread-block cluster (Hopper) when one CTA cannot hold it.
 // Rows larger than the last entry go to the fallback kernels (fallback.cuh),
 // which stream the row from memory.
 #pragma once
@@ -32,7 +33,23 @@ struct KernelConfig {
   // in shared memory instead of registers (added to once per row), which
   // frees registers for more resident threads on long rows.
   bool acc_in_smem = false;
+  // Forward only: the row is copied into shared memory and read back by each
+  // pass (forward_row_in_smem.cuh), one row per CTA (or cluster); `rows` 1.
+  // For long rows, of which registers hold only one or two per SM.
+  // Persistent: weight and bias held in shared memory, `stages` rows ahead.
+  bool row_in_smem = false;
 };
+
+// A forward entry whose row lives in shared memory: `threads` per CTA,
+// `bytes_per_thread` of the row each, `cluster` CTAs per row; one-pass, or
+// persistent with `stages` rows loading ahead.
+constexpr KernelConfig row_in_smem_entry(int64_t max_row_bytes, int threads,
+                                         int bytes_per_thread, int cluster,
+                                         bool persistent = false, int stages = 0,
+                                         int min_threads = 0) {
+  return {max_row_bytes, threads,     bytes_per_thread, 1,     cluster,
+          stages,        min_threads, persistent,       false, true};
+}
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
 
@@ -40,6 +57,10 @@ constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
 // caps registers per thread at 65536 / min_threads (64 for the forward, 128
 // for the backward, which also holds dy and the dweight/dbias accumulators).
 constexpr int kForwardMinThreadsPerSm = 1024;
+// Shared memory per SM that CTAs may use (H100, sm_90: 228 KiB, 1 KiB of it
+// reserved per CTA); sizes the register budget of the row-in-shared-memory
+// kernels.
+constexpr size_t kSharedMemoryPerSm = 228 * 1024;
 constexpr int kBackwardMinThreadsPerSm = 512;
 constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
   const int min_threads = c.min_threads > 0 ? c.min_threads : default_min_threads;
@@ -65,8 +86,10 @@ constexpr bool kAccSmem = true;
 
 // Forward: the row is widened to floats in registers. Rows that fit one CTA
 // measured fastest on one-pass grids (kGrid: one CTA per `rows` rows,
-// loaded straight into registers); long rows and odd N (shifted rows) on
-// persistent grids with one row staged ahead.
+// loaded straight into registers), some on persistent grids with one row
+// staged ahead; 12-32 KiB rows and rows split over clusters with the row in
+// shared memory (row_in_smem_entry: more bytes in flight per SM than
+// registers hold).
 inline constexpr KernelConfig kForwardConfigs16[] = {
     {16, 1, 16, 128, 1, 1},
     {32, 2, 16, 64, 1, 1},
@@ -85,15 +108,19 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).
     {9216, 288, 32, 1, 1, 1},
     {10240, 320, 32, 1, 1, 0, 1536, kGrid},
-    {12288, 256, 64, 1, 1, 0},
-    {16384, 256, 64, 1, 1, 0, 0, kGrid},
+    // Rows in shared memory (tune v11: N=6144 89.4% against 86.1 in
+    // registers, 8192 89.5 against 87.0).
+    row_in_smem_entry(12288, 256, 48, 1),
+    row_in_smem_entry(16384, 256, 64, 1),
     {24576, 384, 64, 1, 1, 0, 0, kGrid},
-    {32768, 512, 64, 1, 1, 1, 512},
+    row_in_smem_entry(32768, 512, 64, 1),  // N=16384: 87.7 (registers 85.0)
     {65536, 1024, 64, 1, 1, 1, 512},
-    // Rows beyond one CTA's registers: a cluster of CTAs per row.
-    {131072, 512, 64, 1, 4, 1},
-    {262144, 512, 64, 1, 8, 1},
-    {524288, 1024, 64, 1, 8, 1},
+    // Rows beyond one CTA: a cluster of 8 CTAs per row, the row in shared
+    // memory (N=65536 72.8, 131072 72.8, 262144 65.7; in registers 70.5,
+    // 66.6, 54.2).
+    row_in_smem_entry(131072, 128, 128, 8),
+    row_in_smem_entry(262144, 256, 128, 8),
+    row_in_smem_entry(524288, 512, 128, 8),
 };
 inline constexpr KernelConfig kForwardConfigs32[] = {
     {16, 1, 16, 128, 1, 1},
@@ -115,9 +142,11 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {32768, 512, 64, 1, 1, 0, 0, kGrid},
     {49152, 768, 64, 1, 1, 1, 512},
     {65536, 1024, 64, 1, 1, 1, 512},
-    {131072, 512, 64, 1, 4, 1},
-    {262144, 512, 64, 1, 8, 1},
-    {524288, 1024, 64, 1, 8, 1},
+    // Clusters of 8 CTAs per row, the row in shared memory (tune v11: N=32768
+    // 76.8%, 65536 74.6, 131072 70.0; in registers 73.3, 68.9, -).
+    row_in_smem_entry(131072, 128, 128, 8),
+    row_in_smem_entry(262144, 256, 128, 8),
+    row_in_smem_entry(524288, 512, 128, 8),
 };
 
 // Backward: x_hat and w*dy of the row are held as floats, plus fp32

@@ -16,6 +16,7 @@
 #include "backward.cuh"
 #include "fallback.cuh"
 #include "forward.cuh"
+#include "forward_row_in_smem.cuh"
 
 namespace fastlayernorm::cuda {
 
@@ -213,10 +214,43 @@ BackwardParams<T, W, G> backward_params(const BackwardArgs& a) {
 
 // ---- forward ---------------------------------------------------------------
 
-// Launches the forward kernel of `Entry` (a TableEntry, or any type with a
-// constexpr KernelConfig `config`).
+// Launches the row-in-shared-memory forward kernel of `Entry`: one CTA
+// group (cluster) per row, or a persistent grid of them.
 template <typename T, typename W, bool kShifted, typename Entry, typename O>
-bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+bool launch_forward_row_in_smem(Entry, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+  constexpr KernelConfig c = Entry::config;
+  static_assert(c.rows == 1 && (c.persistent || c.stages == 0),
+                "a row-in-shared-memory entry holds one row per CTA group");
+  static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
+                "a table entry must hold its largest row");
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kItems = c.bytes_per_thread / 16;
+  constexpr size_t kSmem =
+      forward_row_in_smem_bytes<W, kVec, kItems, c.tpr, c.stages, c.persistent>();
+  // Registers for as many CTAs as the rows' shared memory lets an SM hold
+  // (up to the default 1024 threads), unless the entry says otherwise.
+  constexpr int kMinCtas = c.min_threads > 0
+                               ? min_ctas_per_sm(c, kForwardMinThreadsPerSm)
+                               : std::clamp(static_cast<int>(kSharedMemoryPerSm / (kSmem + 1024)),
+                                            1, std::max(1, kForwardMinThreadsPerSm / c.tpr));
+  auto kernel = ln_fwd_row_in_smem_kernel<T, W, O, kVec, kItems, c.tpr, c.cluster, kMinCtas,
+                                          c.stages, kShifted, c.persistent>;
+  static ResidencyCache cache{};
+  const int64_t resident = resident_groups(kernel, c.tpr, c.cluster, kSmem, cache);
+  if (resident == 0) return false;
+  // One-pass: a CTA group per row (beyond a grid's 2^31-1 CTAs only for
+  // tensors far beyond any GPU's memory; the fallback takes those).
+  if (!c.persistent && p.rows * c.cluster > (int64_t{1} << 30)) return false;
+  int64_t groups = c.persistent ? std::min(p.rows, resident) : p.rows;
+  if (kShifted && c.persistent) groups = shift_uniform_groups(groups, kVec, true);
+  launch_kernel(kernel, groups, c.tpr, c.cluster, kSmem, p, stream);
+  return true;
+}
+
+// Launches the register forward kernel of `Entry`.
+template <typename T, typename W, bool kShifted, typename Entry, typename O>
+bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
+                                     cudaStream_t stream) {
   constexpr KernelConfig c = Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
@@ -241,6 +275,17 @@ bool launch_forward_entry(Entry, const ForwardParams<T, W, O>& p, cudaStream_t s
   if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   return true;
+}
+
+// Launches the forward kernel of `Entry` (a TableEntry, or any type with a
+// constexpr KernelConfig `config`); false when it cannot run here.
+template <typename T, typename W, bool kShifted, typename Entry, typename O>
+bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+  if constexpr (Entry::config.row_in_smem) {
+    return launch_forward_row_in_smem<T, W, kShifted>(e, p, stream);
+  } else {
+    return launch_forward_row_in_registers<T, W, kShifted>(e, p, stream);
+  }
 }
 
 // Launches the register kernel of the table entry that holds the rows; false
@@ -306,7 +351,8 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   constexpr int kItems = c.bytes_per_thread / 16;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
-  static_assert(c.persistent, "the backward keeps one partial row per CTA: persistent");
+  static_assert(c.persistent && !c.row_in_smem,
+                "the backward keeps one partial row per CTA: persistent, rows in registers");
   auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster,
                               min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
                               c.acc_in_smem, kFromOutput, kShifted>;
