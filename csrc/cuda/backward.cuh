@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     write_partial(dw_acc, p.part_dw);
     write_partial(db_acc, p.part_db);
   }
-  cluster_exit_barrier<CLUSTER>();
+  reducer.finish();  // clusters: when this CTA may exit (device_utils.cuh)
 }
 
 // Sums the partial rows column by column: threadIdx.y takes every 32nd

@@ -202,6 +202,19 @@ __device__ __forceinline__ V group_sum(V v) {
   return v;
 }
 
+// Split cluster barrier (sm_90): arrive without ordering memory, then wait
+// for every thread of the cluster to have arrived.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait;\n" ::: "memory");
+#endif
+}
+
 // Sums a value over the TPR threads that share a row (ROWS rows per CTA), or
 // over CLUSTER CTAs of a cluster holding one row. Every thread of the row
 // gets the same total, summed in a fixed order (deterministic). Shared slots
@@ -219,8 +232,26 @@ struct RowReducer {
 
   Storage& storage;
   int parity = 0;  // per thread, in registers
+  // Cluster: a CTA's slots may be written by its peers only once it runs.
+  // Each CTA signals that it has started (a relaxed cluster arrive) when it
+  // builds its reducer and waits for its peers' signals before its first
+  // remote store, so the wait is normally over by then.
+  bool peers_started = false;
 
-  __device__ __forceinline__ explicit RowReducer(Storage& s) : storage(s) {}
+  __device__ __forceinline__ explicit RowReducer(Storage& s) : storage(s) {
+    if constexpr (CLUSTER > 1) cluster_arrive_relaxed();
+  }
+
+  // Every thread of the kernel calls this last. Peers only store into a
+  // CTA's slots, each store before the barrier of its reduction, so once a
+  // CTA has passed its last reduction's barrier nothing touches its shared
+  // memory any more and it may exit; a CTA that reduced nothing completes
+  // the wait that pairs with its first arrive.
+  __device__ __forceinline__ void finish() {
+    if constexpr (CLUSTER > 1) {
+      if (!peers_started) cluster_wait();
+    }
+  }
 
   __device__ __forceinline__ V sum(V v) {
     if constexpr (TPR <= kWarpSize) {
@@ -245,6 +276,10 @@ struct RowReducer {
         // between, which its reader passes only after reading it.
         cg::cluster_group cluster = cg::this_cluster();
         const unsigned rank = cluster.block_rank();
+        if (!peers_started) {
+          cluster_wait();
+          peers_started = true;
+        }
         if (threadIdx.x < CLUSTER) {
           *cluster.map_shared_rank(&storage.cluster_part[parity][rank], threadIdx.x) = total;
         }
@@ -464,16 +499,6 @@ __device__ __forceinline__ int cluster_rank() {
 #endif
   }
   return 0;
-}
-
-// A CTA must not exit while cluster peers may still read its shared memory.
-template <int CLUSTER>
-__device__ __forceinline__ void cluster_exit_barrier() {
-  if constexpr (CLUSTER > 1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cg::this_cluster().sync();
-#endif
-  }
 }
 
 }  // namespace fastlayernorm::cuda

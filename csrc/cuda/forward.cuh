@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     }
     if constexpr (!PERSISTENT) break;  // one pass per CTA: no loop state kept
   }
-  cluster_exit_barrier<CLUSTER>();
+  reducer.finish();  // clusters: when this CTA may exit (device_utils.cuh)
 }
 
 }  // namespace fastlayernorm::cuda

@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
     cp_async_commit();
     buffer = buffer + 1 == kBuffers ? 0 : buffer + 1;
   }
-  cluster_exit_barrier<CLUSTER>();
+  reducer.finish();  // clusters: when this CTA may exit (device_utils.cuh)
 }
 
 }  // namespace fastlayernorm::cuda
