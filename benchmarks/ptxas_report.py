@@ -11,13 +11,22 @@ def demangle_args(name: str) -> str:
     t = "bf16" if "BFloat16" in name else "f16" if "Half" in name else "f64" if "Ed" in name[:60] else "f32"
     w32 = "w32" if re.search(r"(BFloat16|Half)Ef", name) else ""
     label = kind.group(1) if kind else name[:40]
+    if "row_in_smem" in label and len(ints) >= 6:
+        # <T, W, O, VEC, ITEMS, THREADS, CLUSTER, MIN_CTAS, STAGES, SHIFTED, PERSISTENT>
+        vec, items, threads, cluster, min_ctas, stages = ints[:6]
+        flags = re.findall(r"Lb([01])E", name)
+        on = [n for n, f in zip(["shifted", "persistent"], flags) if f == "1"]
+        if stages != "0":
+            on.insert(0, f"stages={stages}")
+        return (f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} threads={threads} "
+                f"cluster={cluster} min_ctas={min_ctas}{' ' + ','.join(on) if on else ''}>")
     if len(ints) >= 6:
         vec, items, tpr, rows, cluster, min_ctas = ints[:6]
         # Then the stages (int) and the bool arguments: (backward) acc_smem,
         # from_output, then shifted.
         stages = ints[6] if len(ints) > 6 else "0"
         flags = re.findall(r"Lb([01])E", name)
-        names = ["shifted"] if "fwd" in label else ["acc_smem", "from_output", "shifted"]
+        names = ["shifted", "persistent"] if "fwd" in label else ["acc_smem", "from_output", "shifted"]
         on = [n for n, f in zip(names, flags) if f == "1"]
         if stages != "0":
             on.insert(0, f"stages={stages}")
