@@ -2,7 +2,7 @@
 //
 // A register kernel holds at most ~64 KiB of rows per SM (64K registers, the
 // row widened to floats), so a 64-512 KiB row runs one CTA (or cluster) per
-// SM with nothing in flight while it reduces and stores (54-81% of copy on
+// SM with little in flight while it reduces and stores (54-81% of copy on
 // the H100, docs/kernels.md). Here the row is copied into shared memory with
 // cp.async (up to 227 KiB per SM) and read back for each of the three
 // passes (sum, deviations, output), so several rows of different CTAs load
@@ -54,14 +54,14 @@ constexpr size_t forward_row_in_smem_bytes() {
 // THREADS per CTA, CLUSTER CTAs per row (each holding a slice).
 // PERSISTENT = false: one row per CTA group, once; every chunk is its own
 // cp.async group, so the first pass sums a chunk as soon as it has arrived;
-// weight/bias from L1/L2 in the output pass. Measured on the H100 (tune v11):
-// for rows of 64 KiB and more these re-reads of weight and bias from L2 (as
-// many bytes as the row itself, all CTAs on the same lines) held the
-// kernel at 65-72% of copy.
+// weight/bias from L1/L2 in the output pass (for long rows, Nsight Compute
+// shows them re-read from L2 for every row: as many bytes as the row).
 // PERSISTENT = true: as many CTA groups as are resident, group g of G taking
 // rows g, g + G, ...; the group's slice of weight and bias is read once into
 // shared memory, and STAGES rows ahead load while one is reduced (one
-// cp.async group per row).
+// cp.async group per row). Measured slower than one-pass on the H100 (fewer
+// CTAs per SM; docs/kernels.md, session 5): no table entry uses it today,
+// benchmarks/tune_kernels.py sweeps it.
 // SHIFTED: N is not a multiple of VEC (chunks on the aligned grid of memory,
 // device_utils.cuh); a persistent grid then has G a multiple of VEC so all of
 // a CTA's rows start at the same offset from a 16-byte boundary.

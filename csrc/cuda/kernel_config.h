@@ -108,16 +108,16 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).
     {9216, 288, 32, 1, 1, 1},
     {10240, 320, 32, 1, 1, 0, 1536, kGrid},
-    // Rows in shared memory (tune v11: N=6144 89.4% against 86.1 in
-    // registers, 8192 89.5 against 87.0).
+    // Rows in shared memory (benchmark v11: N=6144 89.1%, 8192 89.0; the
+    // register kernels before them 86.1 / 87.0 in v10).
     row_in_smem_entry(12288, 256, 48, 1),
     row_in_smem_entry(16384, 256, 64, 1),
     {24576, 384, 64, 1, 1, 0, 0, kGrid},
-    row_in_smem_entry(32768, 512, 64, 1),  // N=16384: 87.7 (registers 85.0)
+    row_in_smem_entry(32768, 512, 64, 1),  // N=16384: 88.5 (registers, v10: 85.0)
     {65536, 1024, 64, 1, 1, 1, 512},
     // Rows beyond one CTA: a cluster of 8 CTAs per row, the row in shared
-    // memory (N=65536 72.8, 131072 72.8, 262144 65.7; in registers 70.5,
-    // 66.6, 54.2).
+    // memory (benchmark v11: N=65536 79.5, 131072 75.6, 262144 70.8; in
+    // registers, v10: 70.5, 66.6, 54.2).
     row_in_smem_entry(131072, 128, 128, 8),
     row_in_smem_entry(262144, 256, 128, 8),
     row_in_smem_entry(524288, 512, 128, 8),
@@ -142,8 +142,9 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {32768, 512, 64, 1, 1, 0, 0, kGrid},
     {49152, 768, 64, 1, 1, 1, 512},
     {65536, 1024, 64, 1, 1, 1, 512},
-    // Clusters of 8 CTAs per row, the row in shared memory (tune v11: N=32768
-    // 76.8%, 65536 74.6, 131072 70.0; in registers 73.3, 68.9, -).
+    // Clusters of 8 CTAs per row, the row in shared memory (benchmark v11:
+    // N=32768 83.7%, 65536 79.7, 131072 75.3; in registers, v10: 74.0, 69.3,
+    // 57.4).
     row_in_smem_entry(131072, 128, 128, 8),
     row_in_smem_entry(262144, 256, 128, 8),
     row_in_smem_entry(524288, 512, 128, 8),
