@@ -532,10 +532,30 @@ def measure_peak(row, fn, inp, ctx: Context) -> None:
     row["peak_x"] = max(0, peak - out_bytes) / (x.numel() * x.element_size())
 
 
-def time_forward(fn, inp, ctx: Context) -> float:
+def _cuda_mallocs(device: torch.device) -> Optional[int]:
+    """cudaMalloc + cudaFree calls of the caching allocator so far (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    stats = torch.cuda.memory_stats(device)
+    return int(stats.get("num_device_alloc", 0)) + int(stats.get("num_device_free", 0))
+
+
+def _bench_counting_mallocs(row, key, fn, ctx: Context) -> float:
+    """bench_ms, recording in row[key] how many cudaMalloc/cudaFree calls the caching
+    allocator made while timing (a diagnostic for run-to-run outliers: timed calls should
+    make none)."""
+    before = _cuda_mallocs(ctx.device)
+    ms = bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+    after = _cuda_mallocs(ctx.device)
+    if row is not None and before is not None and after is not None:
+        row[key] = after - before
+    return ms
+
+
+def time_forward(fn, inp, ctx: Context, row=None) -> float:
     sets = Cycle(inp.xs)
     w, b = inp.w, inp.b
-    return bench_ms(lambda: fn(sets.next(), w, b, EPS), ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+    return _bench_counting_mallocs(row, "fwd_cuda_mallocs", lambda: fn(sets.next(), w, b, EPS), ctx)
 
 
 def time_backward(row, fn, inp, ctx: Context) -> float:
@@ -550,7 +570,7 @@ def time_backward(row, fn, inp, ctx: Context) -> float:
             y, x, dy = graphs.next()
             return torch.autograd.grad(y, [x, w, b], dy, retain_graph=True)
 
-        ms = bench_ms(backward, ctx.device, args.warmup_ms, args.rep_ms)
+        ms = _bench_counting_mallocs(row, "bwd_cuda_mallocs", backward, ctx)
         row["bwd_method"] = "autograd.grad(retain_graph=True)"
         return ms
     except Exception as exc:  # noqa: BLE001
@@ -620,7 +640,7 @@ def run_provider(name: str, shape: Shape, inp: Inputs, ref, ctx: Context) -> Dic
               ("determinism", lambda: check_determinism(row, y, grads, inp)),
               ("peak", lambda: measure_peak(row, fn, inp, ctx))]
     if ctx.need_fwd:
-        phases.append(("fwd", lambda: row.__setitem__("fwd_ms", time_forward(fn, inp, ctx))))
+        phases.append(("fwd", lambda: row.__setitem__("fwd_ms", time_forward(fn, inp, ctx, row))))
     if ctx.need_bwd:
         phases.append(("bwd", lambda: row.__setitem__("bwd_ms", time_backward(row, fn, inp, ctx))))
     if shape.is_latency:
@@ -881,7 +901,8 @@ def make_note(args: argparse.Namespace, timer: str) -> str:
         f"also carry *_us (do_bench median in microseconds) and *_wall_us: the eager wall clock per "
         f"call, {args.wall_iters} back-to-back calls between two torch.cuda.synchronize(), no CUDA "
         "graphs, median of 5 such loops (bwd: autograd.grad with retain_graph on one output; "
-        "fwdbwd: forward then autograd.grad). Inputs: x = randn + 0.5, dy = randn, weight = "
+        "fwdbwd: forward then autograd.grad). fwd/bwd_cuda_mallocs (CUDA): cudaMalloc + cudaFree "
+        "calls of the caching allocator while that timing ran (0 expected). Inputs: x = randn + 0.5, dy = randn, weight = "
         "1 + 0.1*randn, bias = 0.1*randn, eps = 1e-5. err_* = relative L2 error against float64 "
         "over all rows of the first input set; err_ok = all err_* <= tolerance. deterministic = "
         "bitwise-identical dx, dw, db over 4 backward runs. peak_x = peak memory of forward+backward "
