@@ -300,7 +300,7 @@ constexpr size_t entry_for(int64_t row_bytes) {
 // A production kernel (forward.cuh) with the given mapping, launched as the
 // package launches a table entry. ref: write the reference outputs.
 template <int N, int TPR, int BPT, int ROWS, int STAGES, bool PERSISTENT, int MIN_THREADS = 0>
-void run_prod(const Buffers& buf, int64_t rows, bool ref = false) {
+void run_prod(const Buffers& buf, int64_t rows, bool ref = false, const char* label = nullptr) {
   constexpr KernelConfig c{int64_t(N) * 2, TPR, BPT, ROWS, 1, STAGES, MIN_THREADS, PERSISTENT};
   constexpr int kItems = BPT / 16;
   constexpr int kThreads = cta_threads(c);
@@ -317,17 +317,21 @@ void run_prod(const Buffers& buf, int64_t rows, bool ref = false) {
   const auto p = params(buf, ref, rows, N);
   const float ms = median_ms([&] { kernel<<<grid, kThreads, smem>>>(p); });
   char name[96];
-  std::snprintf(name, sizeof name, "%s tpr%d x%dB r%d st%d %s min%d", ref ? "table" : "prod", TPR,
+  std::snprintf(name, sizeof name, "%s tpr%d x%dB r%d st%d %s min%d",
+                label ? label : (ref ? "table" : "prod"), TPR,
                 BPT, ROWS, STAGES, PERSISTENT ? "pers" : "grid", MIN_THREADS);
   report(name, N, rows, ms, regs, per_sm, buf, !ref);
 }
 
-// The table's entry for N.
+// The table's entry for N. The experiment times register kernels: where the
+// table holds the row in shared memory (forward_row_in_smem.cuh) the entry's
+// mapping runs on the register kernel, labelled so.
 template <int N>
 void run_table(const Buffers& buf, int64_t rows) {
   constexpr KernelConfig c = kForwardConfigs16[entry_for(int64_t(N) * 2)];
   static_assert(c.cluster == 1, "experiment covers single-CTA rows");
-  run_prod<N, c.tpr, c.bytes_per_thread, c.rows, c.stages, c.persistent, c.min_threads>(buf, rows, true);
+  run_prod<N, c.tpr, c.bytes_per_thread, c.rows, c.stages, c.persistent, c.min_threads>(
+      buf, rows, true, c.row_in_smem ? "table mapping, registers" : nullptr);
 }
 
 // The production kernel at one mapping: grid modes and staging depths.

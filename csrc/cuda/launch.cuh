@@ -221,8 +221,6 @@ bool launch_forward_row_in_smem(Entry, const ForwardParams<T, W, O>& p, cudaStre
   constexpr KernelConfig c = Entry::config;
   static_assert(c.rows == 1 && (c.persistent || c.stages == 0),
                 "a row-in-shared-memory entry holds one row per CTA group");
-  static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
-                "a table entry must hold its largest row");
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   constexpr size_t kSmem =
@@ -254,8 +252,6 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   constexpr KernelConfig c = Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
-  static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
-                "a table entry must hold its largest row");
   constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
   auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
                               c.stages, kShifted, c.persistent>;
@@ -281,7 +277,10 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
 // constexpr KernelConfig `config`); false when it cannot run here.
 template <typename T, typename W, bool kShifted, typename Entry, typename O>
 bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
-  if constexpr (Entry::config.row_in_smem) {
+  constexpr KernelConfig c = Entry::config;
+  static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
+                "a table entry must hold its largest row");
+  if constexpr (c.row_in_smem) {
     return launch_forward_row_in_smem<T, W, kShifted>(e, p, stream);
   } else {
     return launch_forward_row_in_registers<T, W, kShifted>(e, p, stream);
