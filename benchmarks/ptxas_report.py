@@ -21,15 +21,22 @@ def demangle_args(name: str) -> str:
         return (f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} threads={threads} "
                 f"cluster={cluster} min_ctas={min_ctas}{' ' + ','.join(on) if on else ''}>")
     if len(ints) >= 6:
-        vec, items, tpr, rows, cluster, min_ctas = ints[:6]
-        # Then the stages (int) and the bool arguments: (backward) acc_smem,
-        # from_output, then shifted.
-        stages = ints[6] if len(ints) > 6 else "0"
+        # <..., VEC, ITEMS, TPR, ROWS, CLUSTER, [PART_GROUPS: backward], MIN_CTAS,
+        # STAGES, bools>: forward shifted, persistent; backward acc_smem,
+        # from_output, shifted.
+        bwd = "bwd" in label
+        vec, items, tpr, rows, cluster = ints[:5]
+        part_groups = ints[5] if bwd else "1"
+        rest = ints[6:] if bwd else ints[5:]
+        min_ctas = rest[0] if rest else "?"
+        stages = rest[1] if len(rest) > 1 else "0"
         flags = re.findall(r"Lb([01])E", name)
-        names = ["shifted", "persistent"] if "fwd" in label else ["acc_smem", "from_output", "shifted"]
+        names = ["acc_smem", "from_output", "shifted"] if bwd else ["shifted", "persistent"]
         on = [n for n, f in zip(names, flags) if f == "1"]
         if stages != "0":
             on.insert(0, f"stages={stages}")
+        if part_groups != "1":
+            on.insert(0, f"part_groups={part_groups}")
         return (f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} tpr={tpr} "
                 f"rows={rows} cluster={cluster} min_ctas={min_ctas}"
                 f"{' ' + ','.join(on) if on else ''}>")

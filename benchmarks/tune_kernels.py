@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,8 +72,46 @@ def row_in_smem_candidates(row_bytes: int):
     return out
 
 
+def table_configs(direction: str, dtype: str):
+    """The entries of a kernel table of csrc/cuda/kernel_config.h, as
+    (max_row_bytes, candidate tuple) pairs in table order (--table)."""
+    text = (REPO / "csrc" / "cuda" / "kernel_config.h").read_text()
+    name = ("kForwardConfigs" if direction == "fwd" else "kBackwardConfigs") + \
+        ("32" if DTYPES[dtype][1] == 4 else "16")
+    body = text.split(f"{name}[] = {{", 1)[1].split("\n};", 1)[0]
+    words = {"kGrid": 0, "false": 0, "true": 1, "kAccSmem": 1}
+    out = []
+    for line in body.splitlines():
+        line = line.split("//")[0].strip()
+        m = re.match(r"row_in_smem_entry\(([^)]*)\)", line)
+        if m:
+            f = [int(words.get(v.strip(), v.strip() or 0)) for v in m.group(1).split(",")]
+            f += [0, 0, 0][len(f) - 4:]  # persistent, stages, min_threads
+            mx, threads, bpt, cluster, persistent, stages, min_threads = f[:7]
+            out.append((mx, (threads, bpt, 1, cluster, stages, min_threads, 3 if persistent else 2)))
+            continue
+        m = re.match(r"(?:with_part_groups\()?\{([^}]*)\}(?:,\s*(\d+)\))?", line)
+        if m:
+            f = [int(words.get(v.strip(), v.strip())) for v in m.group(1).split(",")]
+            f += [0, 1, 0, 0][len(f) - 6:] if len(f) < 10 else []
+            mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
+            part_groups = int(m.group(2) or 1)
+            flag = persistent if direction == "fwd" else acc | (part_groups << 1 if part_groups > 1 else 0)
+            out.append((mx, (tpr, bpt, rows, cluster, stages, min_threads, flag)))
+    assert out, f"no entries parsed from {name}"
+    return out
+
+
+def table_candidate(direction: str, dtype: str, row_bytes: int):
+    """The table's entry for rows of row_bytes, as a candidate ([] beyond the table)."""
+    for mx, cfg in table_configs(direction, dtype):
+        if row_bytes <= mx:
+            return [cfg]
+    return []
+
+
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
-               occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2)):
+               occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2), part_groups=(1,)):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
     flag: the forward's grid mode, the backward's accumulator place.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
@@ -80,6 +119,8 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
     memory, then also at half the registers: twice the resident threads);
     bwd_stages / fwd_stages: staged rows to try (the backward's while they fit
     in 200 KiB; the forward stages only on persistent grids);
+    part_groups: the backward's partial groups to try besides each candidate
+    with accumulators in shared memory (flag acc | part_groups << 1);
     occupancy: also fewer registers for more resident threads (forward on
     one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536;
     backward 16-byte threads in CTAs up to 1024, two CTAs per SM for CTAs of
@@ -136,6 +177,12 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                         # (A kernel whose shared memory does not fit declines: MISMATCH.)
                         for min_threads in mins + extra:
                             out.append((tpr, bpt, rows, cluster, stages, min_threads, acc))
+                            # Partials added in clusters of part groups (accumulators
+                            # in shared memory, one-row CTAs, clusters of <= 8 CTAs).
+                            for pg in part_groups:
+                                if pg > 1 and acc and rows == 1 and cluster * pg <= 8:
+                                    out.append((tpr, bpt, rows, cluster, stages, min_threads,
+                                                1 | (pg << 1)))
     return out
 
 
@@ -155,24 +202,29 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             # backward's accumulators in shared memory.
             # Forward: 0 one-pass, 1 persistent, 2 row in shared memory (one
             # pass), 3 row in shared memory, persistent.
+            # Backward: bit 0 the accumulators in shared memory, flag >> 1 the
+            # partial groups (0: 1).
             persistent = flag in (1, 3) if c["dir"] == "fwd" else 1
             row_in_smem = c["dir"] == "fwd" and flag in (2, 3)
-            acc_smem = flag if c["dir"] == "bwd" else 0
+            acc_smem = flag & 1 if c["dir"] == "bwd" else 0
+            part_groups = max(1, flag >> 1) if c["dir"] == "bwd" else 1
             ctype = DTYPES[c["dtype"]][0]
+            wtype = "float" if c["w32"] else ctype
             shifted = "true" if c["shifted"] else "false"
             lines.append(
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
                 f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
-                f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}}}; }};")
+                f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
+                f"{part_groups}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
                     f"const at::Tensor& y, const at::Tensor& mean, const at::Tensor& rstd) {{\n"
-                    f"  using T = {ctype};\n"
-                    f"  ForwardParams<T, T> p{{x.const_data_ptr<T>(), w.const_data_ptr<T>(), "
-                    f"b.const_data_ptr<T>(), y.mutable_data_ptr<T>(), mean.mutable_data_ptr<float>(), "
+                    f"  using T = {ctype};\n  using W = {wtype};\n"
+                    f"  ForwardParams<T, W> p{{x.const_data_ptr<T>(), w.const_data_ptr<W>(), "
+                    f"b.const_data_ptr<W>(), y.mutable_data_ptr<T>(), mean.mutable_data_ptr<float>(), "
                     f"rstd.mutable_data_ptr<float>(), x.size(0), static_cast<int>(x.size(1)), 1e-5f}};\n"
-                    f"  launch_forward_entry<T, T, {shifted}>(Cfg{idx}{{}}, p, at::cuda::getCurrentCUDAStream());\n}}")
+                    f"  launch_forward_entry<T, W, {shifted}>(Cfg{idx}{{}}, p, at::cuda::getCurrentCUDAStream());\n}}")
                 decls.append(
                     f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "
                     f"const at::Tensor&, const at::Tensor&, const at::Tensor&);")
@@ -181,13 +233,15 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                     f"void run{idx}(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, "
                     f"const at::Tensor& rstd, const at::Tensor& w, const at::Tensor& dx, "
                     f"const at::Tensor& dw, const at::Tensor& db) {{\n"
-                    f"  using T = {ctype};\n"
-                    f"  BackwardParams<T, T> p{{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), "
-                    f"mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), w.const_data_ptr<T>(), "
+                    f"  using T = {ctype};\n  using W = {wtype};\n"
+                    f"  BackwardParams<T, W> p{{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), "
+                    f"mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(), w.const_data_ptr<W>(), "
                     f"nullptr, dx.mutable_data_ptr<T>(), nullptr, nullptr, x.size(0), "
                     f"static_cast<int>(x.size(1))}};\n"
-                    f"  launch_backward_entry<T, T, false, {shifted}>(Cfg{idx}{{}}, p, "
-                    f"x.options().dtype(at::kFloat), dw.mutable_data_ptr<T>(), db.mutable_data_ptr<T>(), "
+                    f"  // Empty dw/db: dweight/dbias not requested (--bwd-dx-only).\n"
+                    f"  launch_backward_entry<T, W, false, {shifted}>(Cfg{idx}{{}}, p, "
+                    f"x.options().dtype(at::kFloat), dw.numel() ? dw.mutable_data_ptr<W>() : nullptr, "
+                    f"db.numel() ? db.mutable_data_ptr<W>() : nullptr, "
                     f"at::cuda::getCurrentCUDAStream());\n}}")
                 decls.append(
                     f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "
@@ -227,8 +281,24 @@ def main():
                     help="forward staged rows to try (persistent grids only)")
     ap.add_argument("--acc-modes", default="0",
                     help="backward accumulators to try: 0 registers, 1 shared memory (e.g. 0,1)")
+    ap.add_argument("--part-groups", default="1",
+                    help="backward: CTA groups per cluster adding their dweight/dbias partials "
+                         "in distributed shared memory, tried with shared-memory accumulators "
+                         "(e.g. 1,2,4)")
     ap.add_argument("--occupancy", action="store_true",
                     help="also try fewer registers per thread for more resident threads")
+    ap.add_argument("--table", action="store_true",
+                    help="time only the entry of the tables in csrc/cuda/kernel_config.h that "
+                         "takes each size (the shipped kernel)")
+    ap.add_argument("--configs", default="",
+                    help="time these candidates at every size they hold instead of the sweep: "
+                         "';'-separated tuples tpr,bytes_per_thread,rows,cluster,stages,"
+                         "min_threads,flag")
+    ap.add_argument("--weight-fp32", action="store_true",
+                    help="float32 weight/bias (and dweight/dbias) with 16-bit rows")
+    ap.add_argument("--bwd-dx-only", action="store_true",
+                    help="time the backward without dweight/dbias (no partial rows, no "
+                         "finalize kernel): what the parameter gradients cost")
     ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
     ap.add_argument("--build-only", action="store_true", help="compile the candidates, time nothing")
     ap.add_argument("--prebuilt", action="store_true",
@@ -236,6 +306,9 @@ def main():
                          "--build-only on a machine without a GPU) instead of building it")
     args = ap.parse_args()
 
+    explicit = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";") if c.strip()]
+    assert all(len(c) == 7 for c in explicit), "--configs: tuples of 7 integers"
+    w32 = args.weight_fp32
     plan = []
     for d, dt, n in itertools.product(args.dirs.split(","), args.dtypes.split(","),
                                       [int(s) for s in args.sizes.split(",")]):
@@ -247,13 +320,22 @@ def main():
         bwd_stages = tuple(int(g) for g in args.bwd_stages.split(","))
         fwd_stages = tuple(int(g) for g in args.fwd_stages.split(","))
         acc_modes = tuple(int(g) for g in args.acc_modes.split(","))
-        for cfg in candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
-                              fwd_stages):
-            plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted})
-    # One instantiation per distinct (dir, dtype, cfg, shifted): N is a runtime argument.
+        part_groups = tuple(int(g) for g in args.part_groups.split(","))
+        if args.table:
+            cfgs = table_candidate(d, dt, row_bytes)
+        elif args.configs:
+            cfgs = [c for c in explicit if c[0] * c[1] * c[3] >= row_bytes]
+        else:
+            cfgs = candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
+                              fwd_stages, part_groups)
+        for cfg in cfgs:
+            plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted,
+                         "w32": w32 and esz == 2})
+    # One instantiation per distinct (dir, dtype, weight dtype, cfg, shifted):
+    # N is a runtime argument.
     keys = {}
     for c in plan:
-        keys.setdefault((c["dir"], c["dtype"], c["cfg"], c["shifted"]), len(keys))
+        keys.setdefault((c["dir"], c["dtype"], c["cfg"], c["shifted"], c["w32"]), len(keys))
     print(f"{len(plan)} measurements, {len(keys)} kernels", flush=True)
     if args.dry_run:
         for c in plan:
@@ -264,7 +346,7 @@ def main():
     from torch.utils.cpp_extension import load
     from triton.testing import do_bench
 
-    unique = [(idx, {"dir": k[0], "dtype": k[1], "cfg": k[2], "shifted": k[3]})
+    unique = [(idx, {"dir": k[0], "dtype": k[1], "cfg": k[2], "shifted": k[3], "w32": k[4]})
               for k, idx in keys.items()]
     t0 = time.time()
     # The candidates a library was built for, kept beside it: runN means the
@@ -302,14 +384,15 @@ def main():
     results = []
     groups = {}
     for c in plan:
-        groups.setdefault((c["dtype"], c["N"]), []).append(c)
-    for (dt, n), cs in groups.items():
+        groups.setdefault((c["dtype"], c["N"], c["w32"]), []).append(c)
+    for (dt, n, c_w32), cs in groups.items():
         tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt]
         elements = 1 << (args.elements_log2 - (1 if dt == "fp32" else 0))
         rows = max(1, elements // n)
         x = torch.randn(rows, n, device="cuda", dtype=tdt)
-        w = (1 + 0.1 * torch.randn(n, device="cuda")).to(tdt)
-        b = (0.1 * torch.randn(n, device="cuda")).to(tdt)
+        wdt = torch.float32 if c_w32 else tdt
+        w = (1 + 0.1 * torch.randn(n, device="cuda")).to(wdt)
+        b = (0.1 * torch.randn(n, device="cuda")).to(wdt)
         dy = torch.randn_like(x)
         # The reference: torch's layer_norm in float32 (and its autograd).
         xr = x.float().requires_grad_()
@@ -325,11 +408,12 @@ def main():
         m2 = torch.empty_like(mean)
         r2 = torch.empty_like(rstd)
         dx = torch.empty_like(x)
-        dw = torch.empty_like(w)
-        db = torch.empty_like(b)
+        # Empty: the backward without dweight/dbias (--bwd-dx-only).
+        dw = torch.empty(0 if args.bwd_dx_only else n, device="cuda", dtype=wdt)
+        db = torch.empty_like(dw)
         esz = x.element_size()
         for c in cs:
-            idx = keys[(c["dir"], dt, c["cfg"], c["shifted"])]
+            idx = keys[(c["dir"], dt, c["cfg"], c["shifted"], c["w32"])]
             fn_raw = getattr(ext, f"run{idx}")
             if c["dir"] == "fwd":
                 fn = lambda: fn_raw(x, w, b, y, m2, r2)  # noqa: E731
@@ -343,8 +427,9 @@ def main():
                 dx.fill_(float("nan"))
                 fn()
                 ok = bool(torch.allclose(dx.float(), ref_dx.float(), rtol=1e-2, atol=1e-2)
-                          and torch.allclose(dw.float(), ref_dw.float(), rtol=1e-2, atol=1e-1)
-                          and torch.allclose(db.float(), ref_db.float(), rtol=1e-2, atol=1e-1))
+                          and (args.bwd_dx_only or (
+                              torch.allclose(dw.float(), ref_dw.float(), rtol=1e-2, atol=1e-1)
+                              and torch.allclose(db.float(), ref_db.float(), rtol=1e-2, atol=1e-1))))
             try:
                 ms = do_bench(fn, warmup=5, rep=args.rep_ms, return_mode="median")
             except Exception as e:  # a configuration that cannot launch
@@ -353,13 +438,14 @@ def main():
             frac = nbytes / ms / 1e6 / copy_gbs
             r = dict(c, cfg=list(c["cfg"]), ms=ms, frac=frac, ok=ok)
             results.append(r)
-            print(f"{c['dir']} {dt} N={n} {c['cfg']} {ms * 1e3:.1f}us {100 * frac:.1f}% "
+            print(f"{c['dir']} {dt}{'-w32' if c_w32 else ''} N={n} {c['cfg']} {ms * 1e3:.1f}us {100 * frac:.1f}% "
                   f"{'ok' if ok else 'MISMATCH'}", flush=True)
         del x, dy, y, dx
         torch.cuda.empty_cache()
 
     Path(args.out).write_text(json.dumps({"copy_gbs": copy_gbs, "results": results}, indent=1))
-    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads, persistent|acc_smem)")
+    print("\n==== best per shape (tpr, bytes/thread, rows, cluster, stages, min_threads, "
+          "fwd: grid mode | bwd: acc_smem + 2 * part_groups)")
     best = {}
     for r in results:
         if not r["ok"] or math.isnan(r["ms"]):

@@ -40,7 +40,7 @@ ALL_TRUE = [True, True, True]
 # cannot leave its new edges untested), the last of them being the edge of the
 # register kernels (beyond it: fallback kernels).
 _KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
-_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:\{|row_in_smem_entry\()(\d+),",
+_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:\{|row_in_smem_entry\(|with_part_groups\(\{)(\d+),",
                                                   _KERNEL_CONFIG.read_text(), re.M)})
 assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 524288, _ROW_BYTES
 
@@ -135,7 +135,9 @@ def test_low_precision_input_float32_params(x_dtype, n):
 @pytest.mark.parametrize("n", [6144, 16384, 131072])
 def test_autocast_float32_output_row_in_smem(x_dtype, n):
     """Autocast's float32 output from 16-bit rows with float32 parameters (the O = float
-    instantiations) on the row-in-shared-memory kernels."""
+    instantiations) on the row-in-shared-memory entries: the register kernel at their
+    mapping where one CTA holds the row (6144, 16384), the row-in-shared-memory cluster
+    kernel (131072)."""
     x = make_input((3, n), x_dtype, "cuda")
     w, b = make_params([n], torch.float32, "cuda")
     with torch.autocast("cuda", dtype=x_dtype):
@@ -166,7 +168,7 @@ def test_many_small_rows(dtype, rows, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("rows,n", [(4096, 1024), (64, 8192), (1000, 4099), (8, 65536)])
+@pytest.mark.parametrize("rows,n", [(4096, 1024), (64, 8192), (2000, 5120), (1000, 4099), (8, 65536)])
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_deterministic(dtype, rows, n, memory_efficient):
     """The same inputs give bitwise identical y, dx, dweight and dbias over 20 runs."""

@@ -46,6 +46,57 @@ constexpr size_t backward_smem_bytes() {
   return staged + acc;
 }
 
+// The end of a backward kernel with partial groups: the PART_GROUPS CTAs of
+// a hardware cluster that hold the same columns (ranks c, c + CLUSTER, ...)
+// add their accumulators ([2][ITEMS][VEC / 4][cta_threads] float4 in shared
+// memory) in rank order; each takes every PART_GROUPS-th float4 of a thread
+// and writes it to the cluster's partial row. Every CTA of the cluster calls
+// this (two cluster barriers).
+template <int VEC, int ITEMS, int CLUSTER, int PART_GROUPS, bool SHIFTED, typename Reducer>
+__device__ __forceinline__ void write_partial_groups(float4* acc, int cta_threads, float* part_dw,
+                                                     float* part_db, int thread_in_row,
+                                                     int row_threads, int n, int shift,
+                                                     Reducer& reducer) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  reducer.finish();  // the barrier phase of the reducer's first arrive, if pending
+  cluster.sync();    // all accumulators are final
+  const unsigned rank = cluster.block_rank();
+  const unsigned column_rank = rank % CLUSTER;
+  const int part_group = static_cast<int>(rank / CLUSTER);
+  const int64_t part_offset = static_cast<int64_t>(blockIdx.x / (CLUSTER * PART_GROUPS)) * n;
+  const bool aligned = shift == 0 && n % 4 == 0;
+  constexpr int kQuads = VEC / 4;
+#pragma unroll
+  for (int e = 0; e < 2 * ITEMS * kQuads; ++e) {  // (tensor, item, quad)
+    if (e % PART_GROUPS != part_group) continue;
+    float4* mine = acc + e * cta_threads + threadIdx.x;
+    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int g = 0; g < PART_GROUPS; ++g) {
+      const float4 v = *cluster.map_shared_rank(mine, column_rank + g * CLUSTER);
+      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    }
+    const int tensor = e / (ITEMS * kQuads);
+    const int item = e / kQuads % ITEMS;
+    const int j = chunk_first_col<VEC>(item, thread_in_row, row_threads, shift) + 4 * (e % kQuads);
+    float* out = (tensor == 0 ? part_dw : part_db) + part_offset;
+    if (aligned && j + 4 <= n) {
+      *reinterpret_cast<float4*>(out + j) = sum;
+    } else {
+      const float v[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (col_in_row(j + k, n)) out[j + k] = v[k];
+      }
+    }
+  }
+  cluster.sync();  // no CTA exits while its peers read its accumulators
+#else
+  __trap();  // cluster kernels are launched on sm_90+ only
+#endif
+}
+
 // FROM_OUTPUT: x holds the forward's output y and x_hat = (y - b) / w is
 // rebuilt from it (memory-saving mode); otherwise x_hat = (x - mean) * rstd.
 // Rows as in the forward (group g of G takes rows g, g + G, ...; STAGES rows
@@ -54,13 +105,31 @@ constexpr size_t backward_smem_bytes() {
 // kept per column): with rows that are not a whole number of 16-byte chunks
 // the launcher makes G a multiple of VEC, so all rows of a CTA start at the
 // same offset from a 16-byte boundary.
+// PART_GROUPS > 1: a hardware cluster holds PART_GROUPS CTA groups (of
+// CLUSTER CTAs each) taking different rows; at the end they add their
+// dweight/dbias accumulators through distributed shared memory and write one
+// partial row for the cluster: PART_GROUPS times fewer partial rows to write
+// and to read back in the finalize kernel.
 template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int ROWS,
-          int CLUSTER, int MIN_CTAS, int STAGES, bool ACC_SMEM, bool FROM_OUTPUT, bool SHIFTED>
+          int CLUSTER, int PART_GROUPS, int MIN_CTAS, int STAGES, bool ACC_SMEM, bool FROM_OUTPUT,
+          bool SHIFTED>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
+  static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1),
+                "partial groups add the accumulators in shared memory of one-row CTAs");
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
+  // 16-bit rows of 16+ elements per thread at 64 registers: x_hat and w*dy
+  // as floats (32+ registers) and the weight chunks spilled 64-88 bytes per
+  // thread (Nsight Compute, bf16 N=16384: as much local-memory traffic
+  // through L2 as DRAM traffic). Such kernels keep x and dy as loaded packs
+  // over the row reduction (half the registers), widen them again for dx, and
+  // load weight (and bias) chunks from L1 when needed instead of holding them.
+  // Not for shifted rows: their weight chunks are off 16-byte boundaries.
+  constexpr int kRegisterCap = 65536 / (kThreads * MIN_CTAS) / 8 * 8;
+  constexpr bool kKeepPacks =
+      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
@@ -74,6 +143,11 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int64_t groups = gridDim.x / CLUSTER;
   const int64_t group = blockIdx.x / CLUSTER;
   const int64_t stride = groups * ROWS;
+  // Row clusters sharing a hardware cluster (PART_GROUPS > 1) take part in
+  // each other's reduction barriers: they loop as often as the first of them
+  // (the others' last row may be past the end: row_ok false).
+  const int64_t loop_group =
+      (CLUSTER > 1 && PART_GROUPS > 1) ? group / PART_GROUPS * PART_GROUPS : group;
   const int n = p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
   const bool has_w = p.w != nullptr, has_b = p.b != nullptr;
@@ -81,15 +155,19 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
 
   // The thread's columns are the same in every row: weight (and bias, when
-  // rebuilding from the output) are loaded once, kept packed (zeros outside).
+  // rebuilding from the output) are loaded once, kept packed (zeros outside),
+  // or loaded from L1 when needed (kKeepPacks).
   Pack<W, VEC> wv[ITEMS], bv[ITEMS];
-#pragma unroll
-  for (int i = 0; i < ITEMS; ++i) {
+  auto load_params = [&](int i) {
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
     zero_pack(wv[i]);
     zero_pack(bv[i]);
     if (has_w) wv[i] = load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0);
     if (FROM_OUTPUT && has_b) bv[i] = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
+  };
+  if constexpr (!kKeepPacks) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) load_params(i);
   }
 
   // The dweight/dbias accumulators: registers, or this thread's own float4
@@ -134,7 +212,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     for (int s = 0; s < STAGES; ++s) stage_rows(s, row + s * stride);
   }
   int stage = 0;
-  for (int64_t base = group; base < p.rows; base += stride, row += stride) {
+  for (int64_t base = loop_group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
     Pack<T, VEC> xv[ITEMS];
@@ -152,17 +230,15 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const float mean = (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
     const float rstd = row_ok ? p.rstd[row] : 0.f;
 
-    float xh[ITEMS][VEC], wg[ITEMS][VEC];
-    float dot_sums[ITEMS], wg_sums[ITEMS];  // per chunk: sum w*dy*x_hat, sum w*dy
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      float g[VEC];
-      unpack(xv[i], xh[i]);
+    // x_hat, dy and w*dy of chunk i as floats, from the row's packs.
+    auto widen = [&](int i, float(&xh_i)[VEC], float(&g)[VEC], float(&wg_i)[VEC]) {
+      if constexpr (kKeepPacks) load_params(i);
+      unpack(xv[i], xh_i);
       unpack(gv[i], g);
       // Staged partial chunks hold the neighbouring row's x and dy: zeroed,
       // so those columns add nothing below (even where they are not finite).
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      mask_outside<VEC, SHIFTED>(xh[i], j0, n);
+      mask_outside<VEC, SHIFTED>(xh_i, j0, n);
       mask_outside<VEC, SHIFTED>(g, j0, n);
       float wf[VEC];
       if (has_w) unpack(wv[i], wf);
@@ -171,19 +247,28 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         if (has_b) unpack(bv[i], bf);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          const float v = has_b ? xh[i][k] - bf[k] : xh[i][k];
+          const float v = has_b ? xh_i[k] - bf[k] : xh_i[k];
           // Outside the row w is a zero fill: no 0/0 there.
-          xh[i][k] = has_w ? (col_in_row(j0 + k, n) ? v / wf[k] : 0.f) : v;
+          xh_i[k] = has_w ? (col_in_row(j0 + k, n) ? v / wf[k] : 0.f) : v;
         }
       } else {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) xh[i][k] = (xh[i][k] - mean) * rstd;
+        for (int k = 0; k < VEC; ++k) xh_i[k] = (xh_i[k] - mean) * rstd;
       }
+      // Rounded once (no fma contraction): the dx pass must subtract the
+      // very value the row sum added (dx is exactly 0 for N = 1).
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) wg_i[k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
+    };
+
+    float xh[ITEMS][VEC], wg[ITEMS][VEC];
+    float dot_sums[ITEMS], wg_sums[ITEMS];  // per chunk: sum w*dy*x_hat, sum w*dy
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      float g[VEC];
+      widen(i, xh[i], g, wg[i]);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        // Rounded once (no fma contraction): the dx pass must subtract the
-        // very value the row sum added (dx is exactly 0 for N = 1).
-        wg[i][k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
         if constexpr (!ACC_SMEM) {
           dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
           db_acc[i][k] += g[k];
@@ -217,6 +302,17 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     }
     const float2 sums = reducer.sum(make_float2(tree_sum(dot_sums), tree_sum(wg_sums)));
     const float c1 = sums.x * inv_n, c2 = sums.y * inv_n;
+    if constexpr (kKeepPacks) {
+      // Widened again from the packs (the same instructions: the same
+      // values), which the compiler may not take from before the reduction.
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        opaque_pack(xv[i]);
+        opaque_pack(gv[i]);
+        float g[VEC];
+        widen(i, xh[i], g, wg[i]);
+      }
+    }
 
     if (row_ok && p.dx) {
 #pragma unroll
@@ -234,6 +330,12 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     }
   }
 
+  if constexpr (PART_GROUPS > 1) {
+    if (want_params) write_partial_groups<VEC, ITEMS, CLUSTER, PART_GROUPS, SHIFTED>(
+        acc_smem, kThreads, p.part_dw, p.part_db, thread_in_row, kRowThreads, n, shift, reducer);
+    reducer.finish();
+    return;
+  }
   if (want_params) {
     if constexpr (ACC_SMEM) {
 #pragma unroll
@@ -304,38 +406,56 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   reducer.finish();  // clusters: when this CTA may exit (device_utils.cuh)
 }
 
-// Sums the partial rows column by column: threadIdx.y takes every 32nd
-// partial row, then the 32 sums are added in order. Fixed order: deterministic.
+// Sums the partial rows column by column: a CTA takes 32 x VEC columns,
+// threadIdx.y every 32nd partial row, then the 32 sums are added in order.
+// Fixed order: deterministic. VEC = 4 (16-byte loads) for long rows of N a
+// multiple of 4, where the grid still has a CTA for every SM.
 constexpr int kFinalizeCols = 32;
 constexpr int kFinalizeSlices = 32;
+constexpr int kFinalizeWideMinCols = 16384;
 
-template <typename W>
+template <typename W, int VEC>
 __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
     ln_dwdb_finalize_kernel(const float* __restrict__ part_dw,
                             const float* __restrict__ part_db, int64_t parts,
                             int n, W* dw, W* db) {
-  __shared__ float s_dw[kFinalizeSlices][kFinalizeCols + 1];
-  __shared__ float s_db[kFinalizeSlices][kFinalizeCols + 1];
-  const int col = blockIdx.x * kFinalizeCols + threadIdx.x;
-  float a = 0.f, b = 0.f;
+  static_assert(VEC == 1 || VEC == 4, "columns per thread: one, or a 16-byte vector");
+  constexpr int kCtaCols = kFinalizeCols * VEC;
+  __shared__ float s_dw[kFinalizeSlices][kCtaCols + 1];
+  __shared__ float s_db[kFinalizeSlices][kCtaCols + 1];
+  const int cta_col = blockIdx.x * kCtaCols;
+  const int col = cta_col + threadIdx.x * VEC;  // VEC == 4: n % 4 == 0, all in or all out
+  float a[VEC], b[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) a[k] = b[k] = 0.f;
   if (col < n) {
     for (int64_t r = threadIdx.y; r < parts; r += kFinalizeSlices) {
-      a += part_dw[r * n + col];
-      b += part_db[r * n + col];
+      if constexpr (VEC == 4) {
+        const float4 u = *reinterpret_cast<const float4*>(part_dw + r * n + col);
+        const float4 v = *reinterpret_cast<const float4*>(part_db + r * n + col);
+        a[0] += u.x, a[1] += u.y, a[2] += u.z, a[3] += u.w;
+        b[0] += v.x, b[1] += v.y, b[2] += v.z, b[3] += v.w;
+      } else {
+        a[0] += part_dw[r * n + col];
+        b[0] += part_db[r * n + col];
+      }
     }
   }
-  s_dw[threadIdx.y][threadIdx.x] = a;
-  s_db[threadIdx.y][threadIdx.x] = b;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    s_dw[threadIdx.y][threadIdx.x * VEC + k] = a[k];
+    s_db[threadIdx.y][threadIdx.x * VEC + k] = b[k];
+  }
   __syncthreads();
-  if (threadIdx.y == 0 && col < n) {
-    a = 0.f;
-    b = 0.f;
+  const int c = threadIdx.y * kFinalizeCols + threadIdx.x;  // a column of the CTA
+  if (c < kCtaCols && cta_col + c < n) {
+    float sa = 0.f, sb = 0.f;
     for (int s = 0; s < kFinalizeSlices; ++s) {
-      a += s_dw[s][threadIdx.x];
-      b += s_db[s][threadIdx.x];
+      sa += s_dw[s][c];
+      sb += s_db[s][c];
     }
-    if (dw) dw[col] = static_cast<W>(a);
-    if (db) db[col] = static_cast<W>(b);
+    if (dw) dw[cta_col + c] = static_cast<W>(sa);
+    if (db) db[cta_col + c] = static_cast<W>(sb);
   }
 }
 

@@ -62,6 +62,18 @@ __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& p) {
   for (int c = 0; c < Pack<T, N>::kWords; ++c) store16(reinterpret_cast<uint4*>(ptr) + c, p.words[c]);
 }
 
+// An empty asm the compiler must assume rewrites the pack: values computed
+// from it before cannot stand in for the same computation after (no common
+// subexpression across it), so they need not stay live in registers.
+template <typename T, int N>
+__device__ __forceinline__ void opaque_pack(Pack<T, N>& p) {
+#pragma unroll
+  for (int c = 0; c < Pack<T, N>::kWords; ++c) {
+    asm volatile("" : "+r"(p.words[c].x), "+r"(p.words[c].y), "+r"(p.words[c].z),
+                 "+r"(p.words[c].w));
+  }
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void zero_pack(Pack<T, N>& p) {
 #pragma unroll
@@ -216,7 +228,9 @@ __device__ __forceinline__ void cluster_wait() {
 }
 
 // Sums a value over the TPR threads that share a row (ROWS rows per CTA), or
-// over CLUSTER CTAs of a cluster holding one row. Every thread of the row
+// over CLUSTER CTAs of a cluster holding one row (consecutive ranks of a
+// hardware cluster, which may hold several such rows' CTAs: then all of its
+// CTAs take part in every reduction's barrier). Every thread of the row
 // gets the same total, summed in a fixed order (deterministic). Shared slots
 // alternate between two buffers, so one barrier per reduction suffices: a
 // slot is rewritten only after everyone passed the barrier in between.
@@ -249,7 +263,10 @@ struct RowReducer {
   // the wait that pairs with its first arrive.
   __device__ __forceinline__ void finish() {
     if constexpr (CLUSTER > 1) {
-      if (!peers_started) cluster_wait();
+      if (!peers_started) {
+        cluster_wait();
+        peers_started = true;
+      }
     }
   }
 
@@ -275,13 +292,14 @@ struct RowReducer {
         // a slot is rewritten two reductions later, after the barrier in
         // between, which its reader passes only after reading it.
         cg::cluster_group cluster = cg::this_cluster();
-        const unsigned rank = cluster.block_rank();
+        const unsigned rank = cluster.block_rank() % CLUSTER;
+        const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
         if (!peers_started) {
           cluster_wait();
           peers_started = true;
         }
         if (threadIdx.x < CLUSTER) {
-          *cluster.map_shared_rank(&storage.cluster_part[parity][rank], threadIdx.x) = total;
+          *cluster.map_shared_rank(&storage.cluster_part[parity][rank], first + threadIdx.x) = total;
         }
         cluster.sync();
         total = zero_value<V>();
@@ -493,7 +511,9 @@ template <int CLUSTER>
 __device__ __forceinline__ int cluster_rank() {
   if constexpr (CLUSTER > 1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    return static_cast<int>(cg::this_cluster().block_rank());
+    // (A hardware cluster may hold several rows' clusters: the backward's
+    // partial groups.)
+    return static_cast<int>(cg::this_cluster().block_rank()) % CLUSTER;
 #else
     __trap();
 #endif

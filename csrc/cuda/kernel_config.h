@@ -38,7 +38,19 @@ struct KernelConfig {
   // For long rows, of which registers hold only one or two per SM.
   // Persistent: weight and bias held in shared memory, `stages` rows ahead.
   bool row_in_smem = false;
+  // Backward only: CTA groups of `cluster` CTAs whose dweight/dbias
+  // accumulators (acc_in_smem, rows 1) are added in distributed shared memory
+  // before one partial row is written: a hardware cluster of cluster *
+  // part_groups CTAs, part_groups times fewer partial rows.
+  int part_groups = 1;
 };
+
+// A backward entry whose CTA groups add their partials in clusters of
+// `part_groups` (see KernelConfig::part_groups).
+constexpr KernelConfig with_part_groups(KernelConfig c, int part_groups) {
+  c.part_groups = part_groups;
+  return c;
+}
 
 // A forward entry whose row lives in shared memory: `threads` per CTA,
 // `bytes_per_thread` of the row each, `cluster` CTAs per row; one-pass, or
@@ -80,7 +92,8 @@ struct TableEntry {
 // at the same row bytes a 16-bit row has twice the elements, so twice the
 // arithmetic per byte moved, and prefers staged rows (cp.async).
 // Fields: {max_row_bytes, tpr, bytes_per_thread, rows, cluster, stages,
-//          min_threads, persistent, acc_in_smem}.
+//          min_threads, persistent, acc_in_smem}; with_part_groups() sets the
+//          backward's part_groups.
 constexpr bool kGrid = false;  // persistent = false: one CTA per `rows` rows
 constexpr bool kAccSmem = true;
 
@@ -150,11 +163,13 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     row_in_smem_entry(524288, 512, 128, 8),
 };
 
-// Backward: x_hat and w*dy of the row are held as floats, plus fp32
-// dweight/dbias accumulators for the thread's columns (registers, up to 128
-// per thread; or shared memory, which lets two 512-thread CTAs share an SM);
-// rows ahead of x and dy wait in shared memory. CTAs of several rows keep the
-// number of partial rows (one per CTA) small.
+// Backward: x_hat and w*dy of the row are held as floats (64-register
+// kernels of 16-bit rows keep x and dy packed and widen them twice), plus
+// fp32 dweight/dbias accumulators for the thread's columns (registers, up to
+// 128 per thread; or shared memory, which lets two 512-thread CTAs share an
+// SM); rows ahead of x and dy wait in shared memory. CTAs of several rows,
+// and CTA groups adding their partials in clusters (with_part_groups), keep
+// the number of partial rows small.
 inline constexpr KernelConfig kBackwardConfigs16[] = {
     {16, 1, 16, 128, 1, 2},
     {32, 2, 16, 64, 1, 2},
@@ -164,20 +179,27 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     {512, 32, 16, 4, 1, 2},
     {1024, 32, 32, 8, 1, 2},
     {1536, 64, 32, 2, 1, 0, 512, true, kAccSmem},
-    {2048, 64, 32, 4, 1, 2},
+    // Unstaged, accumulators in shared memory (tune v12: N=1024 87.0%, 2048
+    // 86.5; two staged rows with accumulators in registers 85.0, 84.5).
+    {2048, 64, 32, 2, 1, 0, 512, true, kAccSmem},
     {3072, 192, 16, 1, 1, 1, 1024, true, kAccSmem},
-    {4096, 128, 32, 2, 1, 2},
+    {4096, 128, 32, 1, 1, 0, 512, true, kAccSmem},
     {6144, 192, 32, 1, 1, 2, 512, true, kAccSmem},
     {8192, 256, 32, 1, 1, 2},
     {9216, 288, 32, 1, 1, 2, 576, true, kAccSmem},
-    {10240, 320, 32, 1, 1, 1, 640, true, kAccSmem},
-    {12288, 1024, 16, 1, 1, 1, 1024},
-    {16384, 512, 32, 1, 1, 0},
-    {24576, 384, 32, 1, 2, 0, 1024, true, kAccSmem},
-    {32768, 512, 32, 1, 2, 1, 1024, true, kAccSmem},
-    {65536, 512, 32, 1, 4, 1, 1024, true, kAccSmem},
-    {131072, 512, 32, 1, 8, 1, 1024, true, kAccSmem},
-    {262144, 1024, 32, 1, 8, 1, 1024, true, kAccSmem},
+    // 10-16 KiB rows: two CTAs per SM, partials added in clusters of 2-4 CTAs
+    // (tune v12: N=5120 85.1%, 6144 83.8, 8192 84.4; v11 table 78.5, -, 77.0).
+    with_part_groups({10240, 320, 32, 1, 1, 0, 1024, true, kAccSmem}, 4),
+    with_part_groups({12288, 384, 32, 1, 1, 0, 768, true, kAccSmem}, 2),
+    with_part_groups({16384, 512, 32, 1, 1, 0, 1024, true, kAccSmem}, 2),
+    {24576, 384, 32, 1, 2, 2, 768, true, kAccSmem},
+    // Clusters with no staged row (the 64-register kernels keep x and dy
+    // packed; tune v12: N=16384 72.6, 32768 68.2, 65536 67.0; v11 table 66.3,
+    // 61.9, 59.9).
+    {32768, 512, 32, 1, 2, 0, 1024, true, kAccSmem},
+    {65536, 512, 32, 1, 4, 0, 1024, true, kAccSmem},
+    {131072, 512, 32, 1, 8, 0, 1024, true, kAccSmem},
+    {262144, 1024, 32, 1, 8, 0, 1024, true, kAccSmem},  // N=131072: 58.2 (staged: 56.1)
 };
 inline constexpr KernelConfig kBackwardConfigs32[] = {
     {16, 1, 16, 128, 1, 1},
@@ -192,12 +214,16 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
     {8192, 256, 32, 1, 1, 0, 1024, true, kAccSmem},
     {12288, 384, 32, 1, 1, 0},
     {16384, 512, 32, 1, 1, 0, 1024, true, kAccSmem},
-    {20480, 160, 32, 1, 4, 1},
-    {32768, 512, 32, 1, 2, 0, 1024, true, kAccSmem},
-    {49152, 192, 32, 1, 8, 0},
-    {65536, 512, 32, 1, 4, 0, 1024, true, kAccSmem},
-    {131072, 512, 32, 1, 8, 0, 1024, true, kAccSmem},
-    {262144, 1024, 32, 1, 8, 0, 1024, true, kAccSmem},
+    // Clusters, one row staged ahead, accumulators in shared memory (tune
+    // v12: N=5120 87.4%, 6144 88.3, 8192 87.2, 12288 84.4, 16384 86.6, 32768
+    // 83.4, 65536 75.7; v11 table 77.3, 79.9, 84.4, 69.4, 81.5, 78.7, 73.6).
+    {20480, 320, 32, 1, 2, 1, 1024, true, kAccSmem},
+    {24576, 192, 32, 1, 4, 1, 1024, true, kAccSmem},
+    {32768, 512, 32, 1, 2, 1, 1024, true, kAccSmem},
+    {49152, 192, 32, 1, 8, 1, 1024, true, kAccSmem},
+    {65536, 256, 32, 1, 8, 1, 1024, true, kAccSmem},
+    {131072, 512, 32, 1, 8, 1, 1024, true, kAccSmem},
+    {262144, 1024, 32, 1, 8, 1, 1024, true, kAccSmem},
 };
 
 }  // namespace fastlayernorm::cuda
