@@ -51,12 +51,11 @@ constexpr size_t backward_smem_bytes() {
 // add their accumulators ([2][ITEMS][VEC / 4][cta_threads] float4 in shared
 // memory) in rank order; each takes every PART_GROUPS-th float4 of a thread
 // and writes it to the cluster's partial row. Every CTA of the cluster calls
-// this (two cluster barriers).
-template <int VEC, int ITEMS, int CLUSTER, int PART_GROUPS, bool SHIFTED, typename Reducer>
+// this (two cluster barriers). Rows of whole chunks only (no shift).
+template <int VEC, int ITEMS, int CLUSTER, int PART_GROUPS, typename Reducer>
 __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_threads, float* part_dw,
                                                      float* part_db, int thread_in_row,
-                                                     int row_threads, int n, int shift,
-                                                     Reducer& reducer) {
+                                                     int row_threads, int n, Reducer& reducer) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cg::cluster_group cluster = cg::this_cluster();
   reducer.finish();  // the barrier phase of the reducer's first arrive, if pending
@@ -65,7 +64,7 @@ __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_thread
   const unsigned column_rank = rank % CLUSTER;
   const int part_group = static_cast<int>(rank / CLUSTER);
   const int64_t part_offset = static_cast<int64_t>(blockIdx.x / (CLUSTER * PART_GROUPS)) * n;
-  const bool aligned = shift == 0 && n % 4 == 0;
+  const bool aligned = n % 4 == 0;
   constexpr int kQuads = VEC / 4;
 #pragma unroll
   for (int e = 0; e < 2 * ITEMS * kQuads; ++e) {  // (tensor, item, quad)
@@ -79,7 +78,7 @@ __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_thread
     }
     const int tensor = e / (ITEMS * kQuads);
     const int item = e / kQuads % ITEMS;
-    const int j = chunk_first_col<VEC>(item, thread_in_row, row_threads, shift) + 4 * (e % kQuads);
+    const int j = chunk_first_col<VEC>(item, thread_in_row, row_threads, 0) + 4 * (e % kQuads);
     float* out = (tensor == 0 ? part_dw : part_db) + part_offset;
     if (aligned && j + 4 <= n) {
       *reinterpret_cast<float4*>(out + j) = sum;
@@ -116,8 +115,9 @@ template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int R
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
-  static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1),
-                "partial groups add the accumulators in shared memory of one-row CTAs");
+  static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
+                "partial groups add the accumulators in shared memory of one-row CTAs, "
+                "whose threads hold the same columns in every CTA (no shifted rows)");
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   // 16-bit rows of 16+ elements per thread at 64 registers: x_hat and w*dy
@@ -331,8 +331,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   }
 
   if constexpr (PART_GROUPS > 1) {
-    if (want_params) write_partial_groups<VEC, ITEMS, CLUSTER, PART_GROUPS, SHIFTED>(
-        acc_smem, kThreads, p.part_dw, p.part_db, thread_in_row, kRowThreads, n, shift, reducer);
+    if (want_params) write_partial_groups<VEC, ITEMS, CLUSTER, PART_GROUPS>(
+        acc_smem, kThreads, p.part_dw, p.part_db, thread_in_row, kRowThreads, n, reducer);
     reducer.finish();
     return;
   }

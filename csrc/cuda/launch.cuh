@@ -349,7 +349,10 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
                 "a table entry must hold its largest row");
   static_assert(c.persistent && !c.row_in_smem,
                 "the backward keeps one partial row per CTA: persistent, rows in registers");
-  constexpr int kPartGroups = c.part_groups;
+  // Partial groups add the accumulators of equal threads of their CTAs,
+  // which must hold the same columns: not for shifted rows, whose columns
+  // follow each CTA group's shift.
+  constexpr int kPartGroups = kShifted ? 1 : c.part_groups;
   constexpr int kHwCluster = c.cluster * kPartGroups;  // CTAs of a hardware cluster
   auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster, kPartGroups,
                               min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
