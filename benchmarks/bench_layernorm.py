@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import plot_results
+from benchmarks.gpu_monitor import GpuMonitor
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_NAME = "peers-h100-2026-11-26.json"
@@ -540,22 +541,33 @@ def _cuda_mallocs(device: torch.device) -> Optional[int]:
     return int(stats.get("num_device_alloc", 0)) + int(stats.get("num_device_free", 0))
 
 
-def _bench_counting_mallocs(row, key, fn, ctx: Context) -> float:
-    """bench_ms, recording in row[key] how many cudaMalloc/cudaFree calls the caching
-    allocator made while timing (a diagnostic for run-to-run outliers: timed calls should
-    make none)."""
+def _bench_instrumented(row, direction, fn, ctx: Context) -> float:
+    """bench_ms, recording in row (diagnostics for run-to-run outliers) how many
+    cudaMalloc/cudaFree calls the caching allocator made while timing
+    (`<direction>_cuda_mallocs`: timed calls should make none) and, on CUDA where NVML
+    answers, the SM clock, power, temperature and clock-event reasons sampled meanwhile
+    (`<direction>_sm_mhz_min`, ...; benchmarks/gpu_monitor.py)."""
     before = _cuda_mallocs(ctx.device)
-    ms = bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+    monitor = GpuMonitor(ctx.device.index or 0) if ctx.device.type == "cuda" else None
+    if monitor is not None:
+        with monitor:
+            ms = bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+    else:
+        ms = bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
     after = _cuda_mallocs(ctx.device)
-    if row is not None and before is not None and after is not None:
-        row[key] = after - before
+    if row is not None:
+        if before is not None and after is not None:
+            row[f"{direction}_cuda_mallocs"] = after - before
+        if monitor is not None:
+            for key, value in monitor.summary().items():
+                row[f"{direction}_{key}"] = value
     return ms
 
 
 def time_forward(fn, inp, ctx: Context, row=None) -> float:
     sets = Cycle(inp.xs)
     w, b = inp.w, inp.b
-    return _bench_counting_mallocs(row, "fwd_cuda_mallocs", lambda: fn(sets.next(), w, b, EPS), ctx)
+    return _bench_instrumented(row, "fwd", lambda: fn(sets.next(), w, b, EPS), ctx)
 
 
 def time_backward(row, fn, inp, ctx: Context) -> float:
@@ -570,7 +582,7 @@ def time_backward(row, fn, inp, ctx: Context) -> float:
             y, x, dy = graphs.next()
             return torch.autograd.grad(y, [x, w, b], dy, retain_graph=True)
 
-        ms = _bench_counting_mallocs(row, "bwd_cuda_mallocs", backward, ctx)
+        ms = _bench_instrumented(row, "bwd", backward, ctx)
         row["bwd_method"] = "autograd.grad(retain_graph=True)"
         return ms
     except Exception as exc:  # noqa: BLE001
@@ -902,7 +914,10 @@ def make_note(args: argparse.Namespace, timer: str) -> str:
         f"call, {args.wall_iters} back-to-back calls between two torch.cuda.synchronize(), no CUDA "
         "graphs, median of 5 such loops (bwd: autograd.grad with retain_graph on one output; "
         "fwdbwd: forward then autograd.grad). fwd/bwd_cuda_mallocs (CUDA): cudaMalloc + cudaFree "
-        "calls of the caching allocator while that timing ran (0 expected). Inputs: x = randn + 0.5, dy = randn, weight = "
+        "calls of the caching allocator while that timing ran (0 expected); fwd/bwd_sm_mhz_min, "
+        "_sm_mhz_mean, _power_w_max, _temp_c_max, _clock_event_reasons (NVML bitmask), _samples: "
+        "the GPU sampled every 10 ms through NVML while that timing ran (CUDA, where NVML "
+        "answers). Inputs: x = randn + 0.5, dy = randn, weight = "
         "1 + 0.1*randn, bias = 0.1*randn, eps = 1e-5. err_* = relative L2 error against float64 "
         "over all rows of the first input set; err_ok = all err_* <= tolerance. deterministic = "
         "bitwise-identical dx, dw, db over 4 backward runs. peak_x = peak memory of forward+backward "
