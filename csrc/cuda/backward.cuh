@@ -3,9 +3,11 @@
 //   c1 = sum(w*dy*x_hat) / N, c2 = sum(w*dy) / N      (one joint reduction)
 //   dx = (w*dy - (x_hat*c1 + c2)) * rstd
 // dweight/dbias: each thread owns fixed columns across the rows of its
-// persistent CTA and accumulates dy*x_hat and dy in fp32 registers; each CTA
-// (cluster) writes one partial row, and ln_dwdb_finalize_kernel sums the
-// partials in a fixed order. No atomics: bitwise deterministic.
+// persistent CTA and accumulates dy*x_hat and dy in fp32 registers (or its
+// own shared-memory slots); each CTA (cluster) writes one partial row, or
+// PART_GROUPS of them add theirs in a hardware cluster first, and
+// ln_dwdb_finalize_kernel sums the partials in a fixed order. No atomics:
+// bitwise deterministic.
 #pragma once
 
 #include "device_utils.cuh"
