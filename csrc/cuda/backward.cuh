@@ -155,6 +155,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const bool has_w = p.w != nullptr, has_b = p.b != nullptr;
   const bool want_params = p.part_dw != nullptr;
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
+  // 0 (rows * n < 2^62), which no compiler can tell: see opaque_pack.
+  const unsigned opaque_zero = static_cast<unsigned>(p.rows >> 62);
 
   // The thread's columns are the same in every row: weight (and bias, when
   // rebuilding from the output) are loaded once, kept packed (zeros outside),
@@ -309,8 +311,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       // values), which the compiler may not take from before the reduction.
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        opaque_pack(xv[i]);
-        opaque_pack(gv[i]);
+        if constexpr (std::is_same_v<T, c10::Half> && !FROM_OUTPUT) {
+          opaque_pack(xv[i], opaque_zero);
+          opaque_pack(gv[i], opaque_zero);
+        } else {
+          opaque_pack(xv[i]);
+          opaque_pack(gv[i]);
+        }
         float g[VEC];
         widen(i, xh[i], g, wg[i]);
       }
