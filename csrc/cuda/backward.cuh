@@ -53,15 +53,15 @@ constexpr size_t backward_smem_bytes() {
 // add their accumulators ([2][ITEMS][VEC / 4][cta_threads] float4 in shared
 // memory) in rank order; each takes every PART_GROUPS-th float4 of a thread
 // and writes it to the cluster's partial row. Every CTA of the cluster calls
-// this (two cluster barriers). Rows of whole chunks only (no shift).
-template <int VEC, int ITEMS, int CLUSTER, int PART_GROUPS, typename Reducer>
+// this (two cluster barriers), after its row reducer's finish(). Rows of
+// whole chunks only (no shift).
+template <int VEC, int ITEMS, int CLUSTER, int PART_GROUPS>
 __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_threads, float* part_dw,
                                                      float* part_db, int thread_in_row,
-                                                     int row_threads, int n, Reducer& reducer) {
+                                                     int row_threads, int n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cg::cluster_group cluster = cg::this_cluster();
-  reducer.finish();  // the barrier phase of the reducer's first arrive, if pending
-  cluster.sync();    // all accumulators are final
+  cluster.sync();  // all accumulators are final
   const unsigned rank = cluster.block_rank();
   const unsigned column_rank = rank % CLUSTER;
   const int part_group = static_cast<int>(rank / CLUSTER);
@@ -340,9 +340,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   }
 
   if constexpr (PART_GROUPS > 1) {
+    reducer.finish();  // the barrier phase of the reducer's first arrive, if pending
     if (want_params) write_partial_groups<VEC, ITEMS, CLUSTER, PART_GROUPS>(
-        acc_smem, kThreads, p.part_dw, p.part_db, thread_in_row, kRowThreads, n, reducer);
-    reducer.finish();
+        acc_smem, kThreads, p.part_dw, p.part_db, thread_in_row, kRowThreads, n);
     return;
   }
   if (want_params) {

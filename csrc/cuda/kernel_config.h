@@ -64,6 +64,9 @@ constexpr KernelConfig row_in_smem_entry(int64_t max_row_bytes, int threads,
 }
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
+// The entry launches thread-block clusters (Hopper): CTAs split a row, or
+// (backward) CTA groups add their partials in a cluster.
+constexpr bool needs_clusters(const KernelConfig& c) { return c.cluster > 1 || c.part_groups > 1; }
 
 // Persistent CTAs keep at least this many threads per SM resident, which
 // caps registers per thread at 65536 / min_threads (64 for the forward, 128

@@ -155,7 +155,7 @@ bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
     if (row_bytes > kTable[I].max_row_bytes) {
       return dispatch_table<kTable, I + 1>(row_bytes, clusters_ok, launch);
     }
-    if ((kTable[I].cluster > 1 || kTable[I].part_groups > 1) && !clusters_ok) return false;
+    if (needs_clusters(kTable[I]) && !clusters_ok) return false;
     return launch(TableEntry<kTable, I>{});
   }
 }
@@ -337,6 +337,23 @@ bool launch_forward_upcast(const ForwardArgs& a) {
 
 // ---- backward --------------------------------------------------------------
 
+// Launches ln_dwdb_finalize_kernel over `parts` partial rows of `cols`
+// columns: 16-byte loads (VEC = 4) for rows of at least
+// kFinalizeWideMinCols columns, a multiple of 4.
+template <typename W>
+void launch_dwdb_finalize(const float* part_dw, const float* part_db, int64_t parts, int cols,
+                          W* dw, W* db, cudaStream_t stream) {
+  const dim3 block(kFinalizeCols, kFinalizeSlices);
+  if (cols % 4 == 0 && cols >= kFinalizeWideMinCols) {
+    const auto grid = static_cast<unsigned>(ceil_div(cols, kFinalizeCols * 4));
+    ln_dwdb_finalize_kernel<W, 4><<<grid, block, 0, stream>>>(part_dw, part_db, parts, cols, dw, db);
+  } else {
+    const auto grid = static_cast<unsigned>(ceil_div(cols, kFinalizeCols));
+    ln_dwdb_finalize_kernel<W, 1><<<grid, block, 0, stream>>>(part_dw, part_db, parts, cols, dw, db);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
 // kernel over its partial rows.
 template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry, typename G>
@@ -379,19 +396,7 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
     p.part_db = p.part_dw + parts * p.cols;
   }
   launch_kernel(kernel, groups / kPartGroups, cta_threads(c), kHwCluster, kSmem, p, stream);
-  if (want_params) {
-    const dim3 block(kFinalizeCols, kFinalizeSlices);
-    if (p.cols % 4 == 0 && p.cols >= kFinalizeWideMinCols) {
-      const auto grid = static_cast<unsigned>(ceil_div(p.cols, kFinalizeCols * 4));
-      ln_dwdb_finalize_kernel<W, 4><<<grid, block, 0, stream>>>(p.part_dw, p.part_db, parts,
-                                                                p.cols, dw, db);
-    } else {
-      const auto grid = static_cast<unsigned>(ceil_div(p.cols, kFinalizeCols));
-      ln_dwdb_finalize_kernel<W, 1><<<grid, block, 0, stream>>>(p.part_dw, p.part_db, parts,
-                                                                p.cols, dw, db);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  if (want_params) launch_dwdb_finalize(p.part_dw, p.part_db, parts, p.cols, dw, db, stream);
   return true;
 }
 
