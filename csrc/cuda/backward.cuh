@@ -338,6 +338,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       }
     }
   }
+  // The finalize kernel may launch now: its CTAs take the SMs these CTAs
+  // leave and wait for this grid before reading the partial rows.
+  allow_dependent_launch();
 
   if constexpr (PART_GROUPS > 1) {
     reducer.finish();  // the barrier phase of the reducer's first arrive, if pending
@@ -418,10 +421,24 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 // Sums the partial rows column by column: a CTA takes 32 x VEC columns,
 // threadIdx.y every 32nd partial row, then the 32 sums are added in order.
 // Fixed order: deterministic. VEC = 4 (16-byte loads) for long rows of N a
-// multiple of 4, where the grid still has a CTA for every SM.
+// multiple of 4, where the grid still has a CTA for every SM. Launched as a
+// programmatic dependent of the backward kernel (launch_dwdb_finalize).
 constexpr int kFinalizeCols = 32;
 constexpr int kFinalizeSlices = 32;
 constexpr int kFinalizeWideMinCols = 16384;
+
+// VEC columns of a partial row, read once: through L2 only (cg), never from
+// an L1 line older than the backward kernel, which may still have been
+// running when the finalize kernel was launched.
+template <int VEC>
+__device__ __forceinline__ void load_partial(const float* ptr, float (&v)[VEC]) {
+  if constexpr (VEC == 4) {
+    const float4 t = __ldcg(reinterpret_cast<const float4*>(ptr));
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+  } else {
+    v[0] = __ldcg(ptr);
+  }
+}
 
 template <typename W, int VEC>
 __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
@@ -430,6 +447,11 @@ __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
                             int n, W* dw, W* db) {
   static_assert(VEC == 1 || VEC == 4, "columns per thread: one, or a 16-byte vector");
   constexpr int kCtaCols = kFinalizeCols * VEC;
+  // Partial rows loaded together before they are added (in row order): a
+  // thread takes parts / 32 rows, 4-16 at N <= 8192, and a loop adding each
+  // load as it arrives waited one L2 round trip per row. 16 registers of
+  // loads either way.
+  constexpr int kBatch = 8 / VEC > 1 ? 8 / VEC : 2;
   __shared__ float s_dw[kFinalizeSlices][kCtaCols + 1];
   __shared__ float s_db[kFinalizeSlices][kCtaCols + 1];
   const int cta_col = blockIdx.x * kCtaCols;
@@ -437,17 +459,30 @@ __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
   float a[VEC], b[VEC];
 #pragma unroll
   for (int k = 0; k < VEC; ++k) a[k] = b[k] = 0.f;
+  wait_for_prior_grid();  // the backward kernel's partial rows
   if (col < n) {
-    for (int64_t r = threadIdx.y; r < parts; r += kFinalizeSlices) {
-      if constexpr (VEC == 4) {
-        const float4 u = *reinterpret_cast<const float4*>(part_dw + r * n + col);
-        const float4 v = *reinterpret_cast<const float4*>(part_db + r * n + col);
-        a[0] += u.x, a[1] += u.y, a[2] += u.z, a[3] += u.w;
-        b[0] += v.x, b[1] += v.y, b[2] += v.z, b[3] += v.w;
-      } else {
-        a[0] += part_dw[r * n + col];
-        b[0] += part_db[r * n + col];
+    const float* pw = part_dw + col;
+    const float* pb = part_db + col;
+    int64_t r = threadIdx.y;
+    for (; r + (kBatch - 1) * kFinalizeSlices < parts; r += kBatch * kFinalizeSlices) {
+      float u[kBatch][VEC], v[kBatch][VEC];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        load_partial(pw + (r + j * kFinalizeSlices) * n, u[j]);
+        load_partial(pb + (r + j * kFinalizeSlices) * n, v[j]);
       }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) a[k] += u[j][k], b[k] += v[j][k];
+      }
+    }
+    for (; r < parts; r += kFinalizeSlices) {
+      float u[VEC], v[VEC];
+      load_partial(pw + r * n, u);
+      load_partial(pb + r * n, v);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) a[k] += u[k], b[k] += v[k];
     }
   }
 #pragma unroll

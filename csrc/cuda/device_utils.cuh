@@ -243,6 +243,23 @@ __device__ __forceinline__ void cluster_wait() {
 #endif
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start while the
+// kernel before it in the stream is still running; it waits here, before
+// reading anything that kernel wrote, until that grid has finished and its
+// writes are visible. The kernel before it lets the launch begin once each
+// of its CTAs has called allow_dependent_launch() (or exited).
+__device__ __forceinline__ void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Sums a value over the TPR threads that share a row (ROWS rows per CTA), or
 // over CLUSTER CTAs of a cluster holding one row (consecutive ranks of a
 // hardware cluster, which may hold several such rows' CTAs: then all of its

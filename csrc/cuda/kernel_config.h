@@ -114,12 +114,17 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     {256, 4, 64, 32, 1, 0, 512, kGrid},
     {512, 8, 64, 16, 1, 0, 512, kGrid},
     {1024, 32, 32, 4, 1, 0, 0, kGrid},
-    {1536, 32, 64, 8, 1, 0, 0, kGrid},
+    // Entries that fit their largest row exactly, 48 bytes per thread where
+    // a power-of-two mapping would leave a quarter of the threads without
+    // columns (tune v13: N=768 89.8%, 1536 92.8, 3072 93.7; on 64-byte
+    // threads 88.8, 87.9, 88.6).
+    {1536, 32, 48, 8, 1, 0, 0, kGrid},
     {2048, 64, 32, 2, 1, 0, 0, kGrid},
+    {3072, 64, 48, 2, 1, 0, 512, kGrid},
     // N = 1537-2048 (1600: 87.5%) rather than N=2048 alone (90.6% with
     // 128 x 32 B): the entry serves the whole range.
     {4096, 64, 64, 2, 1, 0, 0, kGrid},
-    {6144, 128, 64, 1, 1, 0, 0, kGrid},
+    {6144, 128, 48, 1, 1, 0, 512, kGrid},
     {8192, 128, 64, 1, 1, 0, 512, kGrid},
     // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).
     {9216, 288, 32, 1, 1, 1},
@@ -149,15 +154,25 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {2048, 64, 32, 2, 1, 0, 1536, kGrid},
     {4096, 64, 64, 4, 1, 0, 0, kGrid},
     {8192, 128, 64, 1, 1, 0, 512, kGrid},
-    {12288, 256, 64, 1, 1, 0, 512, kGrid},
+    // Entries that fit their largest row exactly: threads left without
+    // columns hold no bytes in flight (tune v13: N=3072 89.7% on 256
+    // threads, 93.7 on 192; 6144 90.6 on 512, 93.1 on 384).
+    {12288, 192, 64, 1, 1, 0, 512, kGrid},
     {16384, 256, 64, 1, 1, 0, 0, kGrid},
     {20480, 320, 64, 1, 1, 0, 512, kGrid},
+    {24576, 384, 64, 1, 1, 0, 512, kGrid},
     // Two CTAs per SM: at up to 128 registers (69 used) one 512-thread CTA
     // per SM ran at 64-74% of copy in the benchmark (the v10 sweep's 93%
     // was taken before a change that raised it from 64 registers).
     {32768, 512, 64, 1, 1, 0, 0, kGrid},
-    {49152, 768, 64, 1, 1, 1, 512},
-    {65536, 1024, 64, 1, 1, 1, 512},
+    // 128 bytes per thread, one CTA per row on a one-pass grid, where they
+    // fill at least 4/5 of the threads (tune v13: N=12288 86.9%, 14336 88.5,
+    // 16384 90.9; the persistent staged 64-byte entries 85.0, 83.5, 82.9;
+    // but N=10240 on 384 x 128 B: 80.0, on 768 x 64 B staged: 85.6).
+    {45056, 768, 64, 1, 1, 1, 512},
+    {49152, 384, 128, 1, 1, 0, 512, kGrid},
+    {53248, 1024, 64, 1, 1, 1, 512},
+    {65536, 512, 128, 1, 1, 0, 512, kGrid},
     // Clusters of 8 CTAs per row, the row in shared memory (benchmark v11:
     // N=32768 83.7%, 65536 79.7, 131072 75.3; in registers, v10: 74.0, 69.3,
     // 57.4).
@@ -181,7 +196,9 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     {256, 16, 16, 8, 1, 2},
     {512, 32, 16, 4, 1, 2},
     {1024, 32, 32, 8, 1, 2},
-    {1536, 64, 32, 2, 1, 0, 512, true, kAccSmem},
+    // 48 bytes per thread: no thread without columns at N=768 (tune v13:
+    // 88.9%; 64 x 32 B, a quarter of the threads idle: 80.0).
+    {1536, 32, 48, 4, 1, 0, 512, true, kAccSmem},
     // Unstaged, accumulators in shared memory (tune v12: N=1024 87.0%, 2048
     // 86.5; two staged rows with accumulators in registers 85.0, 84.5).
     {2048, 64, 32, 2, 1, 0, 512, true, kAccSmem},

@@ -244,11 +244,17 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
+  // Shifted rows gather weight and bias into shared memory once per CTA: on a
+  // one-pass grid of one row per CTA that is once per row, as many bytes
+  // again as the row from L2 (float32 N=6143: 65% of copy). Such entries run
+  // their shifted rows on a persistent grid at the same mapping (no rows
+  // staged ahead).
+  constexpr bool kPersistent = c.persistent || (kShifted && c.rows == 1);
   auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
-                              c.stages, kShifted, c.persistent>;
+                              c.stages, kShifted, kPersistent>;
   constexpr size_t kSmem =
       forward_smem_bytes<W, kVec, kItems, cta_threads(c), kMinCtas, c.stages, kShifted,
-                         c.persistent>();
+                         kPersistent>();
   static ResidencyCache cache{};
   // 0: the kernel's shared memory does not fit a CTA here. (Also sets the
   // kernel's shared-memory limit on first use, which one-pass grids need too.)
@@ -257,9 +263,9 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   // One-pass grids give every `rows` rows their CTA (more than a grid holds
   // only for tensors far beyond any GPU's memory; the fallback takes those).
   const int64_t all_rows = ceil_div(p.rows, c.rows);
-  if (!c.persistent && all_rows > (int64_t{1} << 30)) return false;
-  int64_t groups = c.persistent ? std::min(all_rows, resident) : all_rows;
-  if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
+  if (!kPersistent && all_rows > (int64_t{1} << 30)) return false;
+  int64_t groups = kPersistent ? std::min(all_rows, resident) : all_rows;
+  if (kShifted) groups = shift_uniform_groups(groups, kVec, kPersistent);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   return true;
 }
@@ -339,19 +345,27 @@ bool launch_forward_upcast(const ForwardArgs& a) {
 
 // Launches ln_dwdb_finalize_kernel over `parts` partial rows of `cols`
 // columns: 16-byte loads (VEC = 4) for rows of at least
-// kFinalizeWideMinCols columns, a multiple of 4.
+// kFinalizeWideMinCols columns, a multiple of 4. On Hopper as a programmatic
+// dependent launch: its launch overlaps the end of the backward kernel
+// before it (whose CTAs allow it once past their rows), and its CTAs wait
+// for that kernel in the kernel (wait_for_prior_grid) instead of in the
+// stream; elsewhere an ordinary launch (the wait is then a no-op).
 template <typename W>
 void launch_dwdb_finalize(const float* part_dw, const float* part_db, int64_t parts, int cols,
                           W* dw, W* db, cudaStream_t stream) {
-  const dim3 block(kFinalizeCols, kFinalizeSlices);
-  if (cols % 4 == 0 && cols >= kFinalizeWideMinCols) {
-    const auto grid = static_cast<unsigned>(ceil_div(cols, kFinalizeCols * 4));
-    ln_dwdb_finalize_kernel<W, 4><<<grid, block, 0, stream>>>(part_dw, part_db, parts, cols, dw, db);
-  } else {
-    const auto grid = static_cast<unsigned>(ceil_div(cols, kFinalizeCols));
-    ln_dwdb_finalize_kernel<W, 1><<<grid, block, 0, stream>>>(part_dw, part_db, parts, cols, dw, db);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const bool wide = cols % 4 == 0 && cols >= kFinalizeWideMinCols;
+  auto kernel = wide ? ln_dwdb_finalize_kernel<W, 4> : ln_dwdb_finalize_kernel<W, 1>;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(ceil_div(cols, kFinalizeCols * (wide ? 4 : 1))));
+  config.blockDim = dim3(kFinalizeCols, kFinalizeSlices);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attr;
+  config.numAttrs = clusters_supported() ? 1 : 0;  // sm_90 and later
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, part_dw, part_db, parts, cols, dw, db));
 }
 
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
