@@ -541,27 +541,60 @@ def _cuda_mallocs(device: torch.device) -> Optional[int]:
     return int(stats.get("num_device_alloc", 0)) + int(stats.get("num_device_free", 0))
 
 
+def _host_us_per_call(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
+    """Host time per call of `calls` calls enqueued back to back (no synchronization
+    between them, so the GPU's queue is never waited for), in microseconds."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - t0
+    sync(device)
+    return elapsed / calls * 1e6
+
+
 def _bench_instrumented(row, direction, fn, ctx: Context) -> float:
-    """bench_ms, recording in row (diagnostics for run-to-run outliers) how many
+    """The fastest of `--trials` bench_ms medians, recording in row each trial's median
+    (`<direction>_ms_trials`) and diagnostics for run-to-run outliers: how many
     cudaMalloc/cudaFree calls the caching allocator made while timing
-    (`<direction>_cuda_mallocs`: timed calls should make none) and, on CUDA where NVML
-    answers, the SM clock, power, temperature and clock-event reasons sampled meanwhile
-    (`<direction>_sm_mhz_min`, ...; benchmarks/gpu_monitor.py)."""
+    (`<direction>_cuda_mallocs`: timed calls should make none), the host's 1-minute load
+    average (`<direction>_loadavg`) and, on CUDA where NVML answers, the SM clock, power,
+    temperature and clock-event reasons sampled meanwhile (`<direction>_sm_mhz_min`, ...;
+    benchmarks/gpu_monitor.py).
+
+    Why trials: in earlier runs a few whole medians came out 1.2-5x slow on shapes that
+    timed normally in every other process, with the GPU at full clocks and drawing less
+    power (docs/kernels.md, session 6-7). The suspected cause is the host: a timed call
+    whose host side (for the backward, autograd hands it to its device thread and back)
+    falls behind the GPU's queue is timed with the GPU idle, waiting for it. Such
+    stalls only ever add time: the minimum over trials is reported, every trial kept in
+    the JSON, and `<direction>_host_us` records the host's time per call (calls enqueued
+    back to back, no synchronization) right after."""
     before = _cuda_mallocs(ctx.device)
     monitor = GpuMonitor(ctx.device.index or 0) if ctx.device.type == "cuda" else None
+    trials: List[float] = []
+
+    def run_trials() -> None:
+        for _ in range(max(1, ctx.args.trials)):
+            trials.append(bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms))
+
     if monitor is not None:
         with monitor:
-            ms = bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+            run_trials()
     else:
-        ms = bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+        run_trials()
     after = _cuda_mallocs(ctx.device)
     if row is not None:
+        row[f"{direction}_ms_trials"] = trials
+        row[f"{direction}_host_us"] = _host_us_per_call(fn, ctx.device)
+        if hasattr(os, "getloadavg"):
+            row[f"{direction}_loadavg"] = os.getloadavg()[0]
         if before is not None and after is not None:
             row[f"{direction}_cuda_mallocs"] = after - before
         if monitor is not None:
             for key, value in monitor.summary().items():
                 row[f"{direction}_{key}"] = value
-    return ms
+    return min(trials)
 
 
 def time_forward(fn, inp, ctx: Context, row=None) -> float:
@@ -961,8 +994,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="dtypes that torch.compile runs for (compilation is slow)")
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="start no new shape after this many seconds")
-    p.add_argument("--warmup-ms", type=float, default=20.0, help="do_bench warmup")
-    p.add_argument("--rep-ms", type=float, default=80.0, help="do_bench rep")
+    p.add_argument("--warmup-ms", type=float, default=10.0, help="do_bench warmup")
+    p.add_argument("--rep-ms", type=float, default=50.0, help="do_bench rep")
+    p.add_argument("--trials", type=int, default=2,
+                   help="do_bench medians per timing; the fastest is reported, all are kept")
     p.add_argument("--wall-iters", type=int, default=200, help="calls per wall-clock loop")
     p.add_argument("--elements-log2", type=int, default=None, help="main sweep: rows*N = 2^this (26)")
     p.add_argument("--fp32-elements-log2", type=int, default=None, help="the same for float32 (25)")

@@ -2,6 +2,7 @@
 # One call on the lent GPU machine: build, CUDA tests, compute-sanitizer,
 # benchmark — whichever stages are named (default: all). Logs go to $OUT.
 #   bash benchmarks/h100_run.sh build test sanitize cpp tune bench
+#   bash benchmarks/h100_run.sh prebuilt test   (extension compiled elsewhere)
 # Wheels missing on that machine (expecttest, liger-kernel, peft) travel in
 # .whl/ (see docs/development.md).
 set -u
@@ -47,6 +48,13 @@ try:
 except RuntimeError as e:
     print("raised:", str(e).splitlines()[0][:80])' 2>&1 | tail -1)"
       [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
+      ;;
+    prebuilt)
+      # The extension compiled on another machine (same torch, nvcc, sm_90:
+      # python/fastlayernorm/_C.abi3.so from `setup.py build_ext --inplace`),
+      # which saves the build's device time.
+      export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
+      note "prebuilt: cuda_built=$(python3 -c 'import fastlayernorm; print(fastlayernorm.cuda_built())' 2>&1 | tail -1)"
       ;;
     test)
       python3 -m pytest tests -q -m "cuda" -p no:cacheprovider --runslow -n 8 \

@@ -56,6 +56,13 @@ def main():
     ok &= check(5, 16384, torch.float32, torch.float32)
     ok &= check(5, 32768, torch.float32, torch.float32)
     ok &= check(3, 65536, torch.float32, torch.float32)
+    # Entries that fit their row exactly (48-byte threads, float32 128-byte
+    # threads) and shifted rows of one-row entries, which run on persistent
+    # grids (more rows than CTA groups: the loop).
+    for n, dtype in ((767, torch.bfloat16), (1535, torch.bfloat16), (3071, torch.bfloat16),
+                     (3071, torch.float32), (6143, torch.float32), (12288, torch.float32),
+                     (12287, torch.float32), (14335, torch.float32)):
+        ok &= check(40, n, dtype, dtype)
     # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
     ok &= check(3, 16384, torch.bfloat16, torch.float32)
     ok &= check(3, 131072, torch.bfloat16, torch.float32)
