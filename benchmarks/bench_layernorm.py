@@ -17,8 +17,10 @@ is a compact summary table.  See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import math
@@ -276,21 +278,24 @@ def bench_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float, r
 GPU_TIMER = ("CUDA events around each call, L2 flushed before it (triton.testing.do_bench's "
              "method), median; the GPU held back (torch.cuda._sleep) while the host enqueues the "
              "timed calls, so host time per call does not enter")
-_FLUSH: Dict[int, torch.Tensor] = {}
-_SLEEP_CYCLES_PER_MS: List[float] = []
 
 
-def _sleep_cycles_per_ms() -> float:
+@functools.lru_cache(maxsize=None)
+def _flush_buffer(device: int) -> torch.Tensor:
+    """The 256 MiB buffer zeroed before each timed call to flush L2 (do_bench's size)."""
+    return torch.empty(256 << 20, dtype=torch.int8, device=f"cuda:{device}")
+
+
+@functools.lru_cache(maxsize=None)
+def _sleep_cycles_per_ms(device: int) -> float:
     """torch.cuda._sleep cycles per millisecond on this GPU (measured once)."""
-    if not _SLEEP_CYCLES_PER_MS:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1000)  # module load outside the timed span
-        start.record()
-        torch.cuda._sleep(10_000_000)
-        end.record()
-        torch.cuda.synchronize()
-        _SLEEP_CYCLES_PER_MS.append(10_000_000 / max(start.elapsed_time(end), 1e-3))
-    return _SLEEP_CYCLES_PER_MS[0]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1000)  # module load outside the timed span
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    torch.cuda.synchronize()
+    return 10_000_000 / max(start.elapsed_time(end), 1e-3)
 
 
 def _cuda_bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
@@ -303,9 +308,7 @@ def _cuda_bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
     of host time per call on the H100 machine against ~150 us of GPU time) is timed with
     the GPU idle, waiting for the host (docs/kernels.md, session 7)."""
     device = torch.cuda.current_device()
-    if device not in _FLUSH:
-        _FLUSH[device] = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
-    flush = _FLUSH[device]
+    flush = _flush_buffer(device)
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -332,7 +335,7 @@ def _cuda_bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
     lag_ms = min(n_rep * max(0.0, host_ms - gpu_ms) * 1.5 + 0.5, 5000.0)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
-    torch.cuda._sleep(int(lag_ms * _sleep_cycles_per_ms()))
+    torch.cuda._sleep(int(lag_ms * _sleep_cycles_per_ms(device)))
     for i in range(n_rep):
         flush.zero_()
         starts[i].record()
@@ -619,17 +622,9 @@ def _bench_instrumented(row, direction, fn, ctx: Context) -> float:
     """
     before = _cuda_mallocs(ctx.device)
     monitor = GpuMonitor(ctx.device.index or 0) if ctx.device.type == "cuda" else None
-    trials: List[float] = []
-
-    def run_trials() -> None:
-        for _ in range(max(1, ctx.args.trials)):
-            trials.append(bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms))
-
-    if monitor is not None:
-        with monitor:
-            run_trials()
-    else:
-        run_trials()
+    with monitor if monitor is not None else contextlib.nullcontext():
+        trials = [bench_ms(fn, ctx.device, ctx.args.warmup_ms, ctx.args.rep_ms)
+                  for _ in range(max(1, ctx.args.trials))]
     after = _cuda_mallocs(ctx.device)
     if row is not None:
         row[f"{direction}_ms_trials"] = trials

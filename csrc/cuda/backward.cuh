@@ -450,8 +450,8 @@ __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
   // Partial rows loaded together before they are added (in row order): a
   // thread takes parts / 32 rows, 4-16 at N <= 8192, and a loop adding each
   // load as it arrives waited one L2 round trip per row. 16 registers of
-  // loads either way.
-  constexpr int kBatch = 8 / VEC > 1 ? 8 / VEC : 2;
+  // loads either way (8 rows of one column, 2 rows of four).
+  constexpr int kBatch = VEC == 1 ? 8 : 2;
   __shared__ float s_dw[kFinalizeSlices][kCtaCols + 1];
   __shared__ float s_db[kFinalizeSlices][kCtaCols + 1];
   const int cta_col = blockIdx.x * kCtaCols;

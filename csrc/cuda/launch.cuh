@@ -51,30 +51,43 @@ int64_t row_capacity_bytes(int64_t cols) {
   return (cols % kVec == 0 ? cols : cols + kVec - 1) * static_cast<int64_t>(sizeof(T));
 }
 
-inline bool clusters_supported() {
+// Thread-block clusters and programmatic dependent launches (sm_90+).
+inline bool hopper_launch_features() {
   return at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
-// A launch configuration with a cluster dimension; the config points at the
+// A launch configuration with at most one launch attribute (a cluster
+// dimension, or programmatic stream serialization); the config points at the
 // attribute beside it, so it is neither copied nor moved.
-struct ClusterLaunchConfig {
+struct LaunchConfig {
   cudaLaunchConfig_t config{};
   cudaLaunchAttribute attr{};
 
-  ClusterLaunchConfig(int64_t ctas, int threads, int cluster, size_t smem, cudaStream_t stream) {
-    config.gridDim = dim3(static_cast<unsigned>(ctas));
-    config.blockDim = dim3(threads);
+  LaunchConfig(dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
+    config.gridDim = grid;
+    config.blockDim = block;
     config.dynamicSmemBytes = smem;
     config.stream = stream;
+    config.attrs = &attr;
+    config.numAttrs = 0;
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
+
+  void set_cluster(int cluster) {
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = cluster;
     attr.val.clusterDim.y = 1;
     attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
     config.numAttrs = 1;
   }
-  ClusterLaunchConfig(const ClusterLaunchConfig&) = delete;
-  ClusterLaunchConfig& operator=(const ClusterLaunchConfig&) = delete;
+  // The kernel may start before the one ahead of it in the stream has
+  // finished (it waits for it with wait_for_prior_grid()).
+  void set_programmatic_serialization() {
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    config.numAttrs = 1;
+  }
 };
 
 // Per-device cache of resident_groups(); each kernel instantiation owns one
@@ -109,7 +122,8 @@ int64_t resident_groups(Kernel kernel, int threads, int cluster, size_t smem,
     groups = static_cast<int64_t>(per_sm) *
              at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   } else {
-    const ClusterLaunchConfig one_cluster(cluster, threads, cluster, smem, nullptr);
+    LaunchConfig one_cluster(dim3(cluster), dim3(threads), smem, nullptr);
+    one_cluster.set_cluster(cluster);
     int clusters = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config));
     groups = clusters;
@@ -128,7 +142,8 @@ void launch_kernel(Kernel kernel, int64_t groups, int threads, int cluster, size
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const ClusterLaunchConfig launch(groups * cluster, threads, cluster, smem, stream);
+  LaunchConfig launch(dim3(static_cast<unsigned>(groups * cluster)), dim3(threads), smem, stream);
+  launch.set_cluster(cluster);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, params));
 }
 
@@ -307,7 +322,7 @@ bool launch_forward_registers(const ForwardArgs& a) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto p = forward_params<T, W, O>(a);
   return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
-      row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
+      row_capacity_bytes<T>(a.cols), hopper_launch_features(), [&](auto entry) {
         if constexpr (kShiftedKernels) {
           if (shifted) return launch_forward_entry<T, W, true>(entry, p, stream);
         }
@@ -355,17 +370,10 @@ void launch_dwdb_finalize(const float* part_dw, const float* part_db, int64_t pa
                           W* dw, W* db, cudaStream_t stream) {
   const bool wide = cols % 4 == 0 && cols >= kFinalizeWideMinCols;
   auto kernel = wide ? ln_dwdb_finalize_kernel<W, 4> : ln_dwdb_finalize_kernel<W, 1>;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(ceil_div(cols, kFinalizeCols * (wide ? 4 : 1))));
-  config.blockDim = dim3(kFinalizeCols, kFinalizeSlices);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attr;
-  config.numAttrs = clusters_supported() ? 1 : 0;  // sm_90 and later
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, part_dw, part_db, parts, cols, dw, db));
+  LaunchConfig launch(dim3(static_cast<unsigned>(ceil_div(cols, kFinalizeCols * (wide ? 4 : 1)))),
+                      dim3(kFinalizeCols, kFinalizeSlices), 0, stream);
+  if (hopper_launch_features()) launch.set_programmatic_serialization();
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, part_dw, part_db, parts, cols, dw, db));
 }
 
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
@@ -401,16 +409,16 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
     groups = shift_uniform_groups(groups, std::max(kVec, kPartGroups), /*persistent=*/true);
   }
   // One fp32 partial row of dweight and of dbias per hardware cluster.
-  const int64_t parts = groups / kPartGroups;
+  const int64_t hw_clusters = groups / kPartGroups;
   at::Tensor partials;
   const bool want_params = dw != nullptr || db != nullptr;
   if (want_params) {
-    partials = at::empty({2, parts, p.cols}, float_options);
+    partials = at::empty({2, hw_clusters, p.cols}, float_options);
     p.part_dw = partials.mutable_data_ptr<float>();
-    p.part_db = p.part_dw + parts * p.cols;
+    p.part_db = p.part_dw + hw_clusters * p.cols;
   }
-  launch_kernel(kernel, groups / kPartGroups, cta_threads(c), kHwCluster, kSmem, p, stream);
-  if (want_params) launch_dwdb_finalize(p.part_dw, p.part_db, parts, p.cols, dw, db, stream);
+  launch_kernel(kernel, hw_clusters, cta_threads(c), kHwCluster, kSmem, p, stream);
+  if (want_params) launch_dwdb_finalize(p.part_dw, p.part_db, hw_clusters, p.cols, dw, db, stream);
   return true;
 }
 
@@ -432,7 +440,7 @@ bool launch_backward_registers(const BackwardArgs& a) {
   W* dw = mutable_ptr_or_null<W>(a.grad_weight);
   W* db = mutable_ptr_or_null<W>(a.grad_bias);
   return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
-      row_capacity_bytes<T>(a.cols), clusters_supported(), [&](auto entry) {
+      row_capacity_bytes<T>(a.cols), hopper_launch_features(), [&](auto entry) {
         if constexpr (kAllVariants) {
           if (a.from_output) {
             return launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db, stream);
