@@ -71,6 +71,11 @@ except RuntimeError as e:
           python3 benchmarks/sanitize_shapes.py > "$OUT/sanitizer_$tool.log" 2>&1
         note "compute-sanitizer $tool rc=$? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
       done
+      # Every tensor its own cudaMalloc (no caching allocator): a read past
+      # a tensor's end is then outside any allocation, which memcheck reports.
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        python3 benchmarks/sanitize_shapes.py > "$OUT/sanitizer_memcheck_nocache.log" 2>&1
+      note "compute-sanitizer memcheck (no caching allocator) rc=$? : $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_memcheck_nocache.log" | tail -1)"
       ;;
     tune-build|tune)
       # Kernel-configuration sweep (benchmarks/tune_kernels.py), one per

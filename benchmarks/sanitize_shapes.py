@@ -63,6 +63,16 @@ def main():
                      (3071, torch.float32), (6143, torch.float32), (12288, torch.float32),
                      (12287, torch.float32), (14335, torch.float32)):
         ok &= check(40, n, dtype, dtype)
+    # Shifted rows whose weight/bias chunks are funnel-shifted from the
+    # aligned words (16- and 32-byte packs) and whose partial chunks are read
+    # whole from the aligned grid: register kernels, the row-in-shared-memory
+    # one-pass and cluster kernels. With PYTORCH_NO_CUDA_MEMORY_CACHING=1 each
+    # tensor is its own allocation, so memcheck sees any read past its end.
+    for n, dtype, wdtype in ((767, torch.bfloat16, torch.float32), (4099, torch.bfloat16, torch.float32),
+                             (5001, torch.float16, torch.float16), (8191, torch.bfloat16, torch.bfloat16),
+                             (12287, torch.bfloat16, torch.float32), (32767, torch.float32, torch.float32),
+                             (65535, torch.bfloat16, torch.float32)):
+        ok &= check(40 if n <= 16384 else 3, n, dtype, wdtype)
     # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
     ok &= check(3, 16384, torch.bfloat16, torch.float32)
     ok &= check(3, 131072, torch.bfloat16, torch.float32)

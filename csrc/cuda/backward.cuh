@@ -166,8 +166,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
     zero_pack(wv[i]);
     zero_pack(bv[i]);
-    if (has_w) wv[i] = load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0);
-    if (FROM_OUTPUT && has_b) bv[i] = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
+    if (has_w) wv[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
+    if (FROM_OUTPUT && has_b) bv[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
   };
   if constexpr (!kKeepPacks) {
 #pragma unroll
@@ -228,8 +228,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       read_staged_row<SHIFTED>(gv, stage_of(stage, 1), kThreads, row_ok, thread_in_row,
                                kRowThreads, n, shift);
     } else {
-      load_row<SHIFTED>(xv, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
-      load_row<SHIFTED>(gv, p.dy + offset, row_ok, thread_in_row, kRowThreads, n, shift);
+      load_row<SHIFTED>(xv, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
+      load_row<SHIFTED>(gv, p.dy + offset, dy_end, row_ok, thread_in_row, kRowThreads, n, shift);
     }
     const float mean = (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
     const float rstd = row_ok ? p.rstd[row] : 0.f;

@@ -122,8 +122,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      if (p.w) param_slot(0, i) = load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0);
-      if (p.b) param_slot(1, i) = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
+      if (p.w) param_slot(0, i) = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
+      if (p.b) param_slot(1, i) = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
     }
   }
 
@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       read_staged_row<SHIFTED>(packs, stage_of(stage), kThreads, row_ok, thread_in_row,
                                kRowThreads, n, shift);
     } else {
-      load_row<SHIFTED>(packs, p.x + offset, row_ok, thread_in_row, kRowThreads, n, shift);
+      load_row<SHIFTED>(packs, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
     }
     // The row widened to floats, zeros outside it.
     float xf[ITEMS][VEC];
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           return param_slot(tensor, i);
         } else {
           return load_chunk<W, VEC, false>(
-              ptr, chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift), n, true);
+              ptr, chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift), n);
         }
       };
       Pack<W, VEC> wp[ITEMS], bp[ITEMS];

@@ -34,10 +34,13 @@ __device__ __forceinline__ void cp_async_wait_at_most(int pending) {
 
 // Chunks whose weight/bias packs are loaded together in the output pass of
 // a one-pass kernel: requested before the chunks' stores (one L1/L2 round
-// trip per batch, see forward.cuh), 16 registers of packs per tensor.
-template <typename W, int VEC>
+// trip per batch, see forward.cuh), 16 registers of packs per tensor. Half
+// as many under shifted rows, whose chunks are funnel-shifted from twice the
+// words (load_param_chunk; with full batches the float32 cluster kernels
+// spilled 392 bytes per thread).
+template <typename W, int VEC, bool SHIFTED>
 constexpr int row_in_smem_param_batch() {
-  return sizeof(Pack<W, VEC>) > 16 ? 2 : 4;
+  return (sizeof(Pack<W, VEC>) > 16 ? 2 : 4) / (SHIFTED ? 2 : 1);
 }
 
 // Dynamic shared memory: STAGES + 1 buffers of the row's slice, and for
@@ -73,7 +76,7 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
   static_assert(PERSISTENT || STAGES == 0, "rows are loaded ahead only by a CTA that loops");
   constexpr int kRowThreads = THREADS * CLUSTER;
   constexpr int kBuffers = STAGES + 1;
-  constexpr int kBatch = row_in_smem_param_batch<W, VEC>();
+  constexpr int kBatch = row_in_smem_param_batch<W, VEC, SHIFTED>();
   // 16-bit rows write (x - mean) * a + b; float32 rows d * a + (b - corr * a)
   // with d = x - mean0, as the register kernel (forward.cuh) does.
   constexpr bool kFromX = sizeof(T) == 2;
@@ -103,19 +106,18 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
   // Starts copying this thread's chunks of row r (if any) into a buffer; a
   // one-pass kernel commits a cp.async group per chunk. A partial chunk
   // (shifted rows) is copied whole from the aligned grid and masked after
-  // reading; nothing past the tensor's end is read.
+  // reading; nothing past the tensor's end is read (store_tail_slot).
   auto load_row_async = [&](int buffer, int64_t r) {
     const T* const row_ptr = p.x + r * static_cast<int64_t>(n);
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = first_col(i);
       if (r < p.rows && chunk_in_row<VEC, SHIFTED>(j0, n)) {
-        int bytes = 16;
-        if constexpr (SHIFTED) {
-          const int64_t left = (x_end - (row_ptr + j0)) * static_cast<int64_t>(sizeof(T));
-          bytes = left < 16 ? (left > 0 ? static_cast<int>(left) : 0) : 16;
+        if (SHIFTED && x_end - (row_ptr + j0) < VEC) {
+          store_tail_slot(&slot(buffer, i), row_ptr + j0, x_end);
+        } else {
+          cp_async16(&slot(buffer, i), row_ptr + j0, 16);
         }
-        cp_async16(&slot(buffer, i), row_ptr + j0, bytes);
       }
       if constexpr (!PERSISTENT) cp_async_commit();
     }
@@ -133,8 +135,8 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = first_col(i);
-      if (p.w) param_slot(0, i) = load_chunk<W, VEC, SHIFTED>(p.w, j0, n, shift == 0);
-      if (p.b) param_slot(1, i) = load_chunk<W, VEC, SHIFTED>(p.b, j0, n, shift == 0);
+      if (p.w) param_slot(0, i) = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
+      if (p.b) param_slot(1, i) = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
     }
   } else {
     load_row_async(0, row);
@@ -206,7 +208,7 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
       if constexpr (PERSISTENT) {
         return param_slot(tensor, i);
       } else {
-        return load_chunk<W, VEC, SHIFTED>(ptr, j0, n, shift == 0);
+        return load_param_chunk<W, VEC, SHIFTED>(ptr, j0, n);
       }
     };
 #pragma unroll

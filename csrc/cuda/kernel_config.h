@@ -82,6 +82,33 @@ constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
   return cta_threads(c) >= min_threads ? 1 : min_threads / cta_threads(c);
 }
 
+// Shifted rows (N not a multiple of the vector: rows off 16-byte boundaries,
+// device_utils.cuh) run their entry's mapping with these changes. Their
+// CTAs gather the weight and bias chunks once (shifted against the
+// vectors) and keep one shift for all their rows, so the forward runs them
+// on a persistent grid (a one-pass grid gathers once per CTA, i.e. per row
+// or two); 16-bit rows of one-pass entries with one row staged ahead at 512
+// resident threads per SM, single-CTA rows in shared memory as register
+// kernels the same way (tune v14b: bf16 N=767 51 -> 72% of copy, 1535
+// 65 -> 77, 3071 66 -> 80, 6143 62 -> 80, 12287 57 -> 76); rows split over
+// clusters keep their one-pass row-in-shared-memory kernel. The 16-bit
+// backward stages a row ahead (6143 59 -> 65, 12287 50 -> 56; two rows
+// ahead lost from 5001 up).
+constexpr KernelConfig shifted_forward_config(KernelConfig c, int elem_bytes) {
+  if ((c.persistent && !c.row_in_smem) || (c.row_in_smem && c.cluster > 1)) return c;
+  c.persistent = true;
+  c.row_in_smem = false;
+  if (elem_bytes == 2) {
+    c.stages = 1;
+    c.min_threads = 512;
+  }
+  return c;
+}
+constexpr KernelConfig shifted_backward_config(KernelConfig c, int elem_bytes) {
+  if (elem_bytes == 2 && c.stages < 1) c.stages = 1;
+  return c;
+}
+
 // Entry I of a table, as a type (the launchers take their entry as a
 // template argument).
 template <const auto& kTable, size_t I>
@@ -122,8 +149,11 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     {2048, 64, 32, 2, 1, 0, 0, kGrid},
     {3072, 64, 48, 2, 1, 0, 512, kGrid},
     // N = 1537-2048 (1600: 87.5%) rather than N=2048 alone (90.6% with
-    // 128 x 32 B): the entry serves the whole range.
-    {4096, 64, 64, 2, 1, 0, 0, kGrid},
+    // 128 x 32 B): the entry serves the whole range. At 512 resident threads
+    // per SM (128 registers) it loads weight/bias from L1/L2 instead of
+    // gathering them per CTA into shared memory (the 64-register path;
+    // tune v14: N=2048 88.5 -> 91.2%).
+    {4096, 64, 64, 2, 1, 0, 512, kGrid},
     {6144, 128, 48, 1, 1, 0, 512, kGrid},
     {8192, 128, 64, 1, 1, 0, 512, kGrid},
     // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <type_traits>
 
 #include "../layer_norm.h"
@@ -51,9 +52,28 @@ int64_t row_capacity_bytes(int64_t cols) {
   return (cols % kVec == 0 ? cols : cols + kVec - 1) * static_cast<int64_t>(sizeof(T));
 }
 
-// Thread-block clusters and programmatic dependent launches (sm_90+).
+// Thread-block clusters and programmatic dependent launches: an sm_90+
+// device running kernels compiled for sm_90+. An extension built with only
+// older architectures' PTX (TORCH_CUDA_ARCH_LIST="8.0+PTX") runs on a
+// Hopper GPU as code JIT-compiled from compute_80, in which the cluster
+// reductions and griddepcontrol instructions are compiled out
+// (__CUDA_ARCH__ < 900): the host must then launch neither. The PTX version
+// of one of the extension's kernels tells (all are built with the same
+// architectures); cached per device.
 inline bool hopper_launch_features() {
-  return at::cuda::getCurrentDeviceProperties()->major >= 9;
+  static std::array<std::atomic<int8_t>, 64> cache{};  // 0 unknown, 1 yes, -1 no
+  const int device = at::cuda::current_device();
+  if (device < 64 && cache[device].load(std::memory_order_relaxed) != 0) {
+    return cache[device].load(std::memory_order_relaxed) > 0;
+  }
+  bool ok = at::cuda::getCurrentDeviceProperties()->major >= 9;
+  if (ok) {
+    cudaFuncAttributes attributes{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, ln_dwdb_finalize_kernel<float, 1>));
+    ok = attributes.ptxVersion >= 90;
+  }
+  if (device < 64) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
+  return ok;
 }
 
 // A launch configuration with at most one launch attribute (a cluster
@@ -259,17 +279,11 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
-  // Shifted rows gather weight and bias into shared memory once per CTA: on a
-  // one-pass grid of one row per CTA that is once per row, as many bytes
-  // again as the row from L2 (float32 N=6143: 65% of copy). Such entries run
-  // their shifted rows on a persistent grid at the same mapping (no rows
-  // staged ahead).
-  constexpr bool kPersistent = c.persistent || (kShifted && c.rows == 1);
   auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
-                              c.stages, kShifted, kPersistent>;
+                              c.stages, kShifted, c.persistent>;
   constexpr size_t kSmem =
       forward_smem_bytes<W, kVec, kItems, cta_threads(c), kMinCtas, c.stages, kShifted,
-                         kPersistent>();
+                         c.persistent>();
   static ResidencyCache cache{};
   // 0: the kernel's shared memory does not fit a CTA here. (Also sets the
   // kernel's shared-memory limit on first use, which one-pass grids need too.)
@@ -278,17 +292,16 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   // One-pass grids give every `rows` rows their CTA (more than a grid holds
   // only for tensors far beyond any GPU's memory; the fallback takes those).
   const int64_t all_rows = ceil_div(p.rows, c.rows);
-  if (!kPersistent && all_rows > (int64_t{1} << 30)) return false;
-  int64_t groups = kPersistent ? std::min(all_rows, resident) : all_rows;
-  if (kShifted) groups = shift_uniform_groups(groups, kVec, kPersistent);
+  if (!c.persistent && all_rows > (int64_t{1} << 30)) return false;
+  int64_t groups = c.persistent ? std::min(all_rows, resident) : all_rows;
+  if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
   launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
   return true;
 }
 
-// Launches the forward kernel of `Entry` (a TableEntry, or any type with a
-// constexpr KernelConfig `config`); false when it cannot run here.
+// The forward kernel of `Entry`'s mapping.
 template <typename T, typename W, bool kShifted, typename Entry, typename O>
-bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+bool launch_forward_mapping(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
   constexpr KernelConfig c = Entry::config;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
                 "a table entry must hold its largest row");
@@ -302,6 +315,25 @@ bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t
     return launch_forward_row_in_smem<T, W, kShifted>(e, p, stream);
   } else {
     return launch_forward_row_in_registers<T, W, kShifted>(e, p, stream);
+  }
+}
+
+// The entry whose kernel runs the shifted rows of a table entry
+// (shifted_forward_config in kernel_config.h).
+template <typename Entry, int kElemBytes>
+struct ShiftedForwardEntry {
+  static constexpr KernelConfig config = shifted_forward_config(Entry::config, kElemBytes);
+};
+
+// Launches the forward kernel of `Entry` (a TableEntry, or any type with a
+// constexpr KernelConfig `config`), for shifted rows the kernel of its
+// shifted_forward_config; false when it cannot run here.
+template <typename T, typename W, bool kShifted, typename Entry, typename O>
+bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+  if constexpr (kShifted) {
+    return launch_forward_mapping<T, W, true>(ShiftedForwardEntry<Entry, sizeof(T)>{}, p, stream);
+  } else {
+    return launch_forward_mapping<T, W, false>(e, p, stream);
   }
 }
 
@@ -381,7 +413,8 @@ void launch_dwdb_finalize(const float* part_dw, const float* part_db, int64_t pa
 template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry, typename G>
 bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOptions& float_options,
                            W* dw, W* db, cudaStream_t stream) {
-  constexpr KernelConfig c = Entry::config;
+  constexpr KernelConfig c =
+      kShifted ? shifted_backward_config(Entry::config, sizeof(T)) : Entry::config;
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   static_assert(c.tpr * c.cluster * c.bytes_per_thread >= c.max_row_bytes,
