@@ -149,11 +149,10 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     {2048, 64, 32, 2, 1, 0, 0, kGrid},
     {3072, 64, 48, 2, 1, 0, 512, kGrid},
     // N = 1537-2048 (1600: 87.5%) rather than N=2048 alone (90.6% with
-    // 128 x 32 B): the entry serves the whole range. At 512 resident threads
-    // per SM (128 registers) it loads weight/bias from L1/L2 instead of
-    // gathering them per CTA into shared memory (the 64-register path;
-    // tune v14: N=2048 88.5 -> 91.2%).
-    {4096, 64, 64, 2, 1, 0, 512, kGrid},
+    // 128 x 32 B): the entry serves the whole range. (At 512 resident
+    // threads per SM, v14g: N=2048 88.1 -> 90.5% but 1600 87.1 -> 82.0 and
+    // bf16 with float32 weights 2048 91.0 -> 89.3: not kept.)
+    {4096, 64, 64, 2, 1, 0, 0, kGrid},
     {6144, 128, 48, 1, 1, 0, 512, kGrid},
     {8192, 128, 64, 1, 1, 0, 512, kGrid},
     // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).
