@@ -89,6 +89,25 @@ def test_row_counts(dtype, n):
             raise AssertionError(f"N={n}, rows={rows}, {dtype}: {e}") from e
 
 
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("n", [255, 767, 1535, 3071, 6143, 12287, 32767])
+def test_shifted_rows_many(dtype, wdtype, n):
+    """Rows off 16-byte boundaries (N not a multiple of the vector) with more rows than
+    resident CTA groups: the persistent grids and staged rows that shifted rows run on
+    (shifted_forward_config / shifted_backward_config), whole partial chunks, weight/bias
+    funnel-shifted from their aligned words, and the tensor's last chunk."""
+    rows = 4_000_000 // n + 100  # several rows per CTA group of a persistent grid
+    x = make_input((rows, n), dtype, "cuda")
+    w, b = make_params([n], wdtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    try:
+        check_against_reference(x, [n], w, b, g, autograd=False, torch_check=wdtype == dtype)
+    except AssertionError as e:
+        raise AssertionError(f"N={n}, rows={rows}, {dtype}, weights {wdtype}: {e}") from e
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [1024, 4099, 1000, 127, 8, 8192, 65536])
 @pytest.mark.parametrize("which", ["input", "grad", "params", "all"])

@@ -553,9 +553,10 @@ __device__ __noinline__ void store_tail_slot(uint4* slot, const T* src, const T*
 // Starts copying this thread's chunks of a row into `stage`. A partial chunk
 // (shifted rows) is copied whole from the aligned grid: its other elements
 // belong to the neighbouring row and are masked after reading, except past
-// the end of the tensor (`end`), which is never read (store_tail_slot). A chunk of VEC elements
-// of T is one or more 16-byte slots (two for float dy of a bf16 row), slot s
-// of chunk i at stage[(i * kSlots + s) * cta_threads + threadIdx.x].
+// the end of the tensor (`end`), which is never read (store_tail_slot). A
+// chunk of VEC elements of T is one or more 16-byte slots (two for float dy
+// of a bf16 row), slot s of chunk i at
+// stage[(i * kSlots + s) * cta_threads + threadIdx.x].
 template <bool SHIFTED, typename T, int VEC, int ITEMS>
 __device__ __forceinline__ void stage_row(uint4* stage, int cta_threads, const T* row_ptr,
                                           const T* end, bool row_ok, int thread_in_row,
