@@ -503,22 +503,12 @@ __device__ __forceinline__ void load_row(Pack<T, VEC> (&packs)[ITEMS], const T* 
 // stage[i * cta_threads + threadIdx.x]: each thread reads back exactly the
 // chunks it copied, so no barrier is needed, only cp.async.wait_group.
 
-__device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem, int src_bytes) {
+__device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(src_bytes)
-               : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
 #else
-  uint4 v = make_uint4(0u, 0u, 0u, 0u);
-  if (src_bytes == 16) {
-    v = *reinterpret_cast<const uint4*>(gmem);
-  } else {
-    for (int b = 0; b < src_bytes; ++b) {
-      reinterpret_cast<char*>(&v)[b] = reinterpret_cast<const char*>(gmem)[b];
-    }
-  }
-  *smem = v;
+  *smem = *reinterpret_cast<const uint4*>(gmem);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -575,7 +565,7 @@ __device__ __forceinline__ void stage_row(uint4* stage, int cta_threads, const T
         if (SHIFTED && end - src < kSlotElems) {
           store_tail_slot(slot, src, end);
         } else {
-          cp_async16(slot, src, 16);
+          cp_async16(slot, src);
         }
       }
     }

@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
         if (SHIFTED && x_end - (row_ptr + j0) < VEC) {
           store_tail_slot(&slot(buffer, i), row_ptr + j0, x_end);
         } else {
-          cp_async16(&slot(buffer, i), row_ptr + j0, 16);
+          cp_async16(&slot(buffer, i), row_ptr + j0);
         }
       }
       if constexpr (!PERSISTENT) cp_async_commit();
