@@ -90,13 +90,17 @@ def table_configs(direction: str, dtype: str):
             mx, threads, bpt, cluster, persistent, stages, min_threads = f[:7]
             out.append((mx, (threads, bpt, 1, cluster, stages, min_threads, 3 if persistent else 2)))
             continue
+        from_cache = line.startswith("params_from_cache(")
+        if from_cache:
+            line = line[len("params_from_cache("):]
         m = re.match(r"(?:with_part_groups\()?\{([^}]*)\}(?:,\s*(\d+)\))?", line)
         if m:
             f = [int(words.get(v.strip(), v.strip())) for v in m.group(1).split(",")]
             f += [0, 1, 0, 0][len(f) - 6:] if len(f) < 10 else []
             mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
             part_groups = int(m.group(2) or 1)
-            flag = persistent if direction == "fwd" else acc | (part_groups << 1 if part_groups > 1 else 0)
+            flag = (persistent | (4 if from_cache else 0) if direction == "fwd"
+                    else acc | (part_groups << 1 if part_groups > 1 else 0))
             out.append((mx, (tpr, bpt, rows, cluster, stages, min_threads, flag)))
     assert out, f"no entries parsed from {name}"
     return out
@@ -111,7 +115,8 @@ def table_candidate(direction: str, dtype: str, row_bytes: int):
 
 
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
-               occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2), part_groups=(1,)):
+               occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2), part_groups=(1,),
+               fwd_params=(0,)):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
     flag: the forward's grid mode, the backward's accumulator place.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
@@ -121,6 +126,8 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
     in 200 KiB; the forward stages only on persistent grids);
     part_groups: the backward's partial groups to try besides each candidate
     with accumulators in shared memory (flag acc | part_groups << 1);
+    fwd_params: the one-pass forward's weight/bias places to try (0 shared
+    memory, 4 L1/L2 after the reductions: flag bit 2);
     occupancy: also fewer registers for more resident threads (forward on
     one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536;
     backward 16-byte threads in CTAs up to 1024, two CTAs per SM for CTAs of
@@ -170,7 +177,9 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                             # Only a looping CTA stages rows ahead; more resident
                             # threads (--occupancy) are tried on one-pass grids.
                             if (persistent or stages == 0) and (not persistent or min_threads <= 1024):
-                                out.append((tpr, bpt, rows, cluster, stages, min_threads, persistent))
+                                for params in (fwd_params if not persistent else (0,)):
+                                    out.append((tpr, bpt, rows, cluster, stages, min_threads,
+                                                persistent | params))
                         continue
                     for acc in acc_modes:
                         extra = [max(1024, 2 * tpr * rows)] if acc and tpr * rows <= 512 else []
@@ -204,8 +213,11 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             # pass), 3 row in shared memory, persistent.
             # Backward: bit 0 the accumulators in shared memory, flag >> 1 the
             # partial groups (0: 1).
-            persistent = flag in (1, 3) if c["dir"] == "fwd" else 1
-            row_in_smem = c["dir"] == "fwd" and flag in (2, 3)
+            # Forward bit 2 (4): a one-pass kernel's weight/bias from L1/L2
+            # after the reductions (params_from_cache), not shared memory.
+            persistent = flag & 3 in (1, 3) if c["dir"] == "fwd" else 1
+            row_in_smem = c["dir"] == "fwd" and flag & 3 in (2, 3)
+            params_in_smem = not (c["dir"] == "fwd" and flag & 4)
             acc_smem = flag & 1 if c["dir"] == "bwd" else 0
             part_groups = max(1, flag >> 1) if c["dir"] == "bwd" else 1
             ctype = DTYPES[c["dtype"]][0]
@@ -215,7 +227,7 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
                 f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
                 f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
-                f"{part_groups}}}; }};")
+                f"{part_groups}, {'true' if params_in_smem else 'false'}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -279,6 +291,9 @@ def main():
     ap.add_argument("--bwd-stages", default="0,1,2", help="backward staged rows to try")
     ap.add_argument("--fwd-stages", default="0,1,2",
                     help="forward staged rows to try (persistent grids only)")
+    ap.add_argument("--fwd-params", default="0",
+                    help="one-pass forward: weight/bias places to try: 0 stashed in shared "
+                         "memory, 4 from L1/L2 after the reductions (e.g. 0,4)")
     ap.add_argument("--acc-modes", default="0",
                     help="backward accumulators to try: 0 registers, 1 shared memory (e.g. 0,1)")
     ap.add_argument("--part-groups", default="1",
@@ -321,13 +336,14 @@ def main():
         fwd_stages = tuple(int(g) for g in args.fwd_stages.split(","))
         acc_modes = tuple(int(g) for g in args.acc_modes.split(","))
         part_groups = tuple(int(g) for g in args.part_groups.split(","))
+        fwd_params = tuple(int(g) for g in args.fwd_params.split(","))
         if args.table:
             cfgs = table_candidate(d, dt, row_bytes)
         elif args.configs:
             cfgs = [c for c in explicit if c[0] * c[1] * c[3] >= row_bytes]
         else:
             cfgs = candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
-                              fwd_stages, part_groups)
+                              fwd_stages, part_groups, fwd_params)
         for cfg in cfgs:
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted,
                          "w32": w32 and esz == 2})

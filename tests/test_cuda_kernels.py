@@ -40,8 +40,9 @@ ALL_TRUE = [True, True, True]
 # cannot leave its new edges untested), the last of them being the edge of the
 # register kernels (beyond it: fallback kernels).
 _KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
-_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:\{|row_in_smem_entry\(|with_part_groups\(\{)(\d+),",
-                                                  _KERNEL_CONFIG.read_text(), re.M)})
+_ROW_BYTES = sorted({int(m) for m in re.findall(
+    r"^\s*(?:\{|row_in_smem_entry\(|with_part_groups\(\{|params_from_cache\(\{)(\d+),",
+    _KERNEL_CONFIG.read_text(), re.M)})
 assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 524288, _ROW_BYTES
 
 

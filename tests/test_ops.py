@@ -196,7 +196,7 @@ def test_multidim_normalized_shape(device, dtype, shape, normalized_shape):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("has_w,has_b", [(True, False), (False, True), (False, False)])
-@pytest.mark.parametrize("n", [1, 127, 4099])
+@pytest.mark.parametrize("n", [1, 127, 1024, 3072, 4099, 12288])
 def test_weight_bias_absent(device, dtype, has_w, has_b, n):
     x = make_input((37, n), dtype, device)
     w, b = make_params([n], dtype, device, weight=has_w, bias=has_b)

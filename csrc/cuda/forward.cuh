@@ -42,43 +42,51 @@ template <int VEC, int ITEMS, int THREADS, int MIN_CTAS>
 __host__ __device__ constexpr bool forward_few_registers() {
   return MIN_CTAS * THREADS >= 1024 && ITEMS * VEC > 16;
 }
-// Weight/bias chunks are gathered once per CTA into the thread's own
-// shared-memory slots for shifted rows (off 16-byte boundaries), for the
-// few-register kernels, and for persistent kernels at the 64-register cap
-// holding 64 bytes of the row (float32 long rows: registers for the chunks
-// spilled). Otherwise they are loaded from L1/L2, all of a thread's chunks
-// requested together after the reductions (one-pass float32 kernels measured
-// faster that way: 93% against 89% at N=4096).
+// Where a thread's weight/bias chunks live. In its own shared-memory slots
+// (read back only by the thread: no barrier) for shifted rows (off 16-byte
+// boundaries, gathered shifted), for the few-register kernels, for
+// persistent kernels at the 64-register cap holding 64 bytes of the row
+// (float32 long rows: registers for the chunks spilled), and for one-pass
+// kernels whose entry says so (KernelConfig::params_in_smem). A persistent
+// CTA gathers them once, before its rows; a one-pass CTA requests them into
+// registers before its row and stores them to the slots once the row's loads
+// are issued (gathered before the row's loads, they delayed them: tune v15,
+// bf16 N=2048 89.5 -> 92.6% of copy; and the 64-register mappings became
+// the fastest at N=1024-8192, docs/kernels.md). Otherwise they are loaded
+// from L1/L2, all of a thread's chunks requested together after the
+// reductions: no shared-memory traffic, which some one-pass mappings
+// measured faster (bf16 N=12288 89.4 against 84.8 stashed).
 // Weight/bias wider than the input (float32 with half/bfloat16 rows) take
 // twice the slots: in shared memory only for shifted rows, otherwise loaded
-// chunk by chunk in the output loop (hoisted, their registers spilled; in
-// shared memory, they cut the CTAs per SM: 56-63% of copy at N=768-8192).
+// chunk by chunk in the output loop (hoisted, their registers spilled;
+// stashed in shared memory, tune v15: 60-70% of copy at N=512-4096).
 template <typename W, int VEC>
 __host__ __device__ constexpr bool forward_wide_params() {
   return sizeof(W) * VEC > 16;
 }
 template <typename W, int VEC, int ITEMS, int THREADS, int MIN_CTAS, bool SHIFTED,
-          bool PERSISTENT>
+          bool PERSISTENT, bool ENTRY_SMEM>
 __host__ __device__ constexpr bool forward_params_in_smem() {
-  return SHIFTED ||
-         (!forward_wide_params<W, VEC>() &&
-          (forward_few_registers<VEC, ITEMS, THREADS, MIN_CTAS>() ||
-           (PERSISTENT && MIN_CTAS * THREADS >= 1024 && ITEMS >= 4)));
+  if (SHIFTED) return true;
+  if (forward_wide_params<W, VEC>()) return false;
+  if (forward_few_registers<VEC, ITEMS, THREADS, MIN_CTAS>()) return true;
+  if (PERSISTENT) return MIN_CTAS * THREADS >= 1024 && ITEMS >= 4;
+  return ENTRY_SMEM;
 }
 // Dynamic shared memory of a forward kernel.
 template <typename W, int VEC, int ITEMS, int THREADS, int MIN_CTAS, int STAGES, bool SHIFTED,
-          bool PERSISTENT>
+          bool PERSISTENT, bool ENTRY_SMEM>
 constexpr size_t forward_smem_bytes() {
   const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16;
   const size_t params =
-      forward_params_in_smem<W, VEC, ITEMS, THREADS, MIN_CTAS, SHIFTED, PERSISTENT>()
+      forward_params_in_smem<W, VEC, ITEMS, THREADS, MIN_CTAS, SHIFTED, PERSISTENT, ENTRY_SMEM>()
           ? 2 * ITEMS * THREADS * sizeof(Pack<W, VEC>)
           : 0;
   return staged + params;
 }
 
 template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
-          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT>
+          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT, bool PARAMS_SMEM>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W, O> p) {
   static_assert(PERSISTENT || STAGES == 0, "rows are staged ahead only by a CTA that loops");
@@ -89,7 +97,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // 64-512 KiB); elsewhere sums are trees.
   constexpr bool kFewRegisters = forward_few_registers<VEC, ITEMS, kThreads, MIN_CTAS>();
   constexpr bool kParamsInSmem =
-      forward_params_in_smem<W, VEC, ITEMS, kThreads, MIN_CTAS, SHIFTED, PERSISTENT>();
+      forward_params_in_smem<W, VEC, ITEMS, kThreads, MIN_CTAS, SHIFTED, PERSISTENT,
+                             PARAMS_SMEM>();
   constexpr bool kHoistParams = !kParamsInSmem && !forward_wide_params<W, VEC>();
   // 16-bit rows keep x (the compiler re-widens it from the packs instead of
   // holding twice the registers); float32 rows keep d = x - mean0. The
@@ -117,15 +126,29 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
     return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
   };
+  // The weight/bias chunks (see forward_params_in_smem): a persistent CTA
+  // gathers them now, a one-pass one requests them now and stores them to
+  // the slots after its row's loads.
+  Pack<W, VEC> w_ahead[ITEMS], b_ahead[ITEMS];
   if constexpr (kParamsInSmem) {
-    // Each thread reads back only its own slots: no barrier.
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      if (p.w) param_slot(0, i) = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
-      if (p.b) param_slot(1, i) = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
+      if (p.w) w_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
+      if (p.b) b_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
+      if constexpr (PERSISTENT) {
+        if (p.w) param_slot(0, i) = w_ahead[i];
+        if (p.b) param_slot(1, i) = b_ahead[i];
+      }
     }
   }
+  auto stash_params = [&]() {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      if (p.w) param_slot(0, i) = w_ahead[i];
+      if (p.b) param_slot(1, i) = b_ahead[i];
+    }
+  };
 
   // A CTA's rows: consecutive ones on a one-pass grid (whole stretches of
   // memory per CTA), else strided (see above).
@@ -153,6 +176,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
                                kRowThreads, n, shift);
     } else {
       load_row<SHIFTED>(packs, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
+      if constexpr (kParamsInSmem && !PERSISTENT) stash_params();
     }
     // The row widened to floats, zeros outside it.
     float xf[ITEMS][VEC];

@@ -43,12 +43,24 @@ struct KernelConfig {
   // before one partial row is written: a hardware cluster of cluster *
   // part_groups CTAs, part_groups times fewer partial rows.
   int part_groups = 1;
+  // Forward, one-pass register kernels: the thread's weight/bias chunks
+  // requested before its row and stashed in shared memory once the row's
+  // loads are issued (forward.cuh); false: loaded from L1/L2 after the
+  // reductions (params_from_cache).
+  bool params_in_smem = true;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of
 // `part_groups` (see KernelConfig::part_groups).
 constexpr KernelConfig with_part_groups(KernelConfig c, int part_groups) {
   c.part_groups = part_groups;
+  return c;
+}
+
+// A one-pass forward entry whose weight/bias chunks are loaded from L1/L2
+// after the reductions (see KernelConfig::params_in_smem).
+constexpr KernelConfig params_from_cache(KernelConfig c) {
+  c.params_in_smem = false;
   return c;
 }
 
@@ -130,40 +142,50 @@ constexpr bool kAccSmem = true;
 // Forward: the row is widened to floats in registers. Rows that fit one CTA
 // measured fastest on one-pass grids (kGrid: one CTA per `rows` rows,
 // loaded straight into registers), some on persistent grids with one row
-// staged ahead; 12-32 KiB rows and rows split over clusters with the row in
-// shared memory (row_in_smem_entry: more bytes in flight per SM than
-// registers hold).
+// staged ahead; rows split over clusters, and 32 KiB 16-bit rows, with the
+// row in shared memory (row_in_smem_entry: more bytes in flight per SM than
+// registers hold). One-pass entries stash weight/bias in shared memory
+// after requesting them with the row, unless marked params_from_cache
+// (loaded from L1/L2 after the reductions; forward.cuh).
 inline constexpr KernelConfig kForwardConfigs16[] = {
     {16, 1, 16, 128, 1, 1},
     {32, 2, 16, 64, 1, 1},
     {64, 4, 16, 32, 1, 1},
     {128, 8, 16, 16, 1, 1},
-    {256, 4, 64, 32, 1, 0, 512, kGrid},
-    {512, 8, 64, 16, 1, 0, 512, kGrid},
+    // Weight/bias from L1/L2 (tune v15: N=128 91.2% of copy, 256 91.1;
+    // stashed 88.7 / 88.2; 4 x 64 B at 64 registers, stashed: 89.8).
+    params_from_cache({256, 4, 64, 32, 1, 0, 512, kGrid}),
+    params_from_cache({512, 8, 64, 16, 1, 0, 512, kGrid}),
     {1024, 32, 32, 4, 1, 0, 0, kGrid},
-    // Entries that fit their largest row exactly, 48 bytes per thread where
-    // a power-of-two mapping would leave a quarter of the threads without
-    // columns (tune v13: N=768 89.8%, 1536 92.8, 3072 93.7; on 64-byte
-    // threads 88.8, 87.9, 88.6).
+    // 48 bytes per thread where a power-of-two mapping would leave a
+    // quarter of the threads without columns (tune v13: N=768 89.8%, 3072
+    // 93.7; on 64-byte threads 88.8, 88.6). At 64 registers per thread
+    // (default minimum threads) with 32 or more elements per thread: the
+    // few-register kernels (serial sums), weight/bias stashed in shared
+    // memory; 1024 resident threads per SM hide the reductions (tune v15:
+    // N=1024 91.3 -> 92.5, 1536 92.8 -> 93.5, 2048 89.5 -> 92.6, 4096
+    // 90.5 -> 92.5, 5120 88.9 -> 92.4, 6144 88.6 -> 92.3, 8192 89.0 -> 92.6).
     {1536, 32, 48, 8, 1, 0, 0, kGrid},
-    {2048, 64, 32, 2, 1, 0, 0, kGrid},
-    {3072, 64, 48, 2, 1, 0, 512, kGrid},
-    // N = 1537-2048 (1600: 87.5%) rather than N=2048 alone (90.6% with
-    // 128 x 32 B): the entry serves the whole range. (At 512 resident
-    // threads per SM, v14g: N=2048 88.1 -> 90.5% but 1600 87.1 -> 82.0 and
-    // bf16 with float32 weights 2048 91.0 -> 89.3: not kept.)
+    {2048, 32, 64, 8, 1, 0, 0, kGrid},
+    {3072, 64, 48, 2, 1, 0, 0, kGrid},
+    // N = 1537-2048 (1600: 88.4%) rather than N=2048 alone (93.8% with
+    // 128 x 32 B at 1536 threads per SM, 1600 there 87.6): the entry
+    // serves the whole range.
     {4096, 64, 64, 2, 1, 0, 0, kGrid},
-    {6144, 128, 48, 1, 1, 0, 512, kGrid},
-    {8192, 128, 64, 1, 1, 0, 512, kGrid},
+    // Weight/bias from L1/L2 (tune v15: 93.3% against 92.0 stashed).
+    params_from_cache({6144, 128, 48, 1, 1, 0, 512, kGrid}),
+    {8192, 128, 64, 1, 1, 0, 0, kGrid},
     // Shifted rows of N = 4097-4608 (4099: 82.7% here, 67% on the next entry's grid).
     {9216, 288, 32, 1, 1, 1},
-    {10240, 320, 32, 1, 1, 0, 1536, kGrid},
-    // Rows in shared memory (benchmark v11: N=6144 89.1%, 8192 89.0; the
-    // register kernels before them 86.1 / 87.0 in v10).
-    row_in_smem_entry(12288, 256, 48, 1),
-    row_in_smem_entry(16384, 256, 64, 1),
-    {24576, 384, 64, 1, 1, 0, 0, kGrid},
-    row_in_smem_entry(32768, 512, 64, 1),  // N=16384: 88.5 (registers, v10: 85.0)
+    {10240, 160, 64, 1, 1, 0, 0, kGrid},
+    // (Rows in shared memory before v15: N=6144 88.6%, 8192 89.0.)
+    {12288, 192, 64, 1, 1, 0, 0, kGrid},
+    {16384, 256, 64, 1, 1, 0, 0, kGrid},
+    // tune v15: N=12288 89.4% (stashed 84.8; 384 x 64 B at 56 registers
+    // 81.0, 768 x 32 B 82.7).
+    params_from_cache({24576, 384, 64, 1, 1, 0, 0, kGrid}),
+    // N=16384: 87.0 (registers, 512 x 64 B at 64 registers: 87.4; v10: 85.0)
+    row_in_smem_entry(32768, 512, 64, 1),
     {65536, 1024, 64, 1, 1, 1, 512},
     // Rows beyond one CTA: a cluster of 8 CTAs per row, the row in shared
     // memory (benchmark v11: N=65536 79.5, 131072 75.6, 262144 70.8; in
@@ -180,7 +202,11 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {256, 16, 16, 8, 1, 1},
     {512, 16, 32, 8, 1, 1},
     {1024, 64, 16, 2, 1, 0, 1536, kGrid},
-    {2048, 64, 32, 2, 1, 0, 1536, kGrid},
+    // Weight/bias from L1/L2 here and in the entries so marked below (tune
+    // v15, against stashed: N=512 93.6% / 92.5, 6144 92.3 / 90.0, 12288
+    // 87.0 / 83.7, 16384 90.7 / 89.3); stashed elsewhere (5120 89.3 ->
+    // 93.2, 4096 93.0 -> 93.6, 768-1024 +0.5).
+    params_from_cache({2048, 64, 32, 2, 1, 0, 1536, kGrid}),
     {4096, 64, 64, 4, 1, 0, 0, kGrid},
     {8192, 128, 64, 1, 1, 0, 512, kGrid},
     // Entries that fit their largest row exactly: threads left without
@@ -189,7 +215,7 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {12288, 192, 64, 1, 1, 0, 512, kGrid},
     {16384, 256, 64, 1, 1, 0, 0, kGrid},
     {20480, 320, 64, 1, 1, 0, 512, kGrid},
-    {24576, 384, 64, 1, 1, 0, 512, kGrid},
+    params_from_cache({24576, 384, 64, 1, 1, 0, 512, kGrid}),
     // Two CTAs per SM: at up to 128 registers (69 used) one 512-thread CTA
     // per SM ran at 64-74% of copy in the benchmark (the v10 sweep's 93%
     // was taken before a change that raised it from 64 registers).
@@ -199,9 +225,9 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     // 16384 90.9; the persistent staged 64-byte entries 85.0, 83.5, 82.9;
     // but N=10240 on 384 x 128 B: 80.0, on 768 x 64 B staged: 85.6).
     {45056, 768, 64, 1, 1, 1, 512},
-    {49152, 384, 128, 1, 1, 0, 512, kGrid},
+    params_from_cache({49152, 384, 128, 1, 1, 0, 512, kGrid}),
     {53248, 1024, 64, 1, 1, 1, 512},
-    {65536, 512, 128, 1, 1, 0, 512, kGrid},
+    params_from_cache({65536, 512, 128, 1, 1, 0, 512, kGrid}),
     // Clusters of 8 CTAs per row, the row in shared memory (benchmark v11:
     // N=32768 83.7%, 65536 79.7, 131072 75.3; in registers, v10: 74.0, 69.3,
     // 57.4).
