@@ -127,8 +127,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
   };
   // The weight/bias chunks (see forward_params_in_smem): a persistent CTA
-  // gathers them now, a one-pass one requests them now and stores them to
-  // the slots after its row's loads.
+  // gathers them now, each chunk stored as it is loaded (stored after all
+  // the loads, the 1024-thread shifted kernels with float32 weights spilled
+  // 112 bytes instead of 32); a one-pass one requests them now and stores
+  // them to the slots after its row's loads.
   Pack<W, VEC> w_ahead[ITEMS], b_ahead[ITEMS];
   if constexpr (kParamsInSmem) {
 #pragma unroll
