@@ -45,8 +45,10 @@ struct KernelConfig {
   int part_groups = 1;
   // Forward, one-pass register kernels: the thread's weight/bias chunks
   // requested before its row and stashed in shared memory once the row's
-  // loads are issued (forward.cuh); false: loaded from L1/L2 after the
-  // reductions (params_from_cache).
+  // loads are issued; false: loaded from L1/L2 after the reductions
+  // (params_from_cache). Where the kernel has no choice (shifted rows and the
+  // few-register kernels: shared memory; float32 weights with 16-bit rows:
+  // loaded in the output loop) it is ignored (forward_params_in_smem).
   bool params_in_smem = true;
 };
 
@@ -135,7 +137,8 @@ struct TableEntry {
 // arithmetic per byte moved, and prefers staged rows (cp.async).
 // Fields: {max_row_bytes, tpr, bytes_per_thread, rows, cluster, stages,
 //          min_threads, persistent, acc_in_smem}; with_part_groups() sets the
-//          backward's part_groups.
+//          backward's part_groups, params_from_cache() the forward's
+//          params_in_smem (false).
 constexpr bool kGrid = false;  // persistent = false: one CTA per `rows` rows
 constexpr bool kAccSmem = true;
 
