@@ -204,8 +204,8 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     {128, 8, 16, 16, 1, 1},
     {256, 16, 16, 8, 1, 1},
     // One-pass, weight/bias stashed (tune v15: N=128 91.9% of copy; the
-    // persistent 16 x 32 B entry before it 84.6, torch.compile 93.5; but
-    // shifted rows here, N=127, 52.4 in the v15d benchmark: unstaged).
+    // persistent 16 x 32 B entry before it 84.6, torch.compile 93.5;
+    // shifted rows here, e.g. N=101: 70.4, before 53.0).
     {512, 32, 16, 8, 1, 0, 0, kGrid},
     {1024, 64, 16, 2, 1, 0, 1536, kGrid},
     // Weight/bias from L1/L2 here and in the entries so marked below (tune
