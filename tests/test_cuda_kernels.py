@@ -40,9 +40,10 @@ ALL_TRUE = [True, True, True]
 # cannot leave its new edges untested), the last of them being the edge of the
 # register kernels (beyond it: fallback kernels).
 _KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
-_ROW_BYTES = sorted({int(m) for m in re.findall(
-    r"^\s*(?:\{|row_in_smem_entry\(|with_part_groups\(\{|params_from_cache\(\{)(\d+),",
-    _KERNEL_CONFIG.read_text(), re.M)})
+# An entry line: "{bytes, ...", or wrapped by its helpers ("row_in_smem_entry(bytes,",
+# "with_part_groups({bytes,", "params_from_cache({bytes,"), whichever they are.
+_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:[a-z_]+\()*\{?(\d+),",
+                                                  _KERNEL_CONFIG.read_text(), re.M)})
 assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 524288, _ROW_BYTES
 
 

@@ -132,25 +132,19 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // 112 bytes instead of 32); a one-pass one requests them now and stores
   // them to the slots after its row's loads.
   Pack<W, VEC> w_ahead[ITEMS], b_ahead[ITEMS];
+  auto stash_param_chunk = [&](int i) {
+    if (p.w) param_slot(0, i) = w_ahead[i];
+    if (p.b) param_slot(1, i) = b_ahead[i];
+  };
   if constexpr (kParamsInSmem) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
       if (p.w) w_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
       if (p.b) b_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
-      if constexpr (PERSISTENT) {
-        if (p.w) param_slot(0, i) = w_ahead[i];
-        if (p.b) param_slot(1, i) = b_ahead[i];
-      }
+      if constexpr (PERSISTENT) stash_param_chunk(i);
     }
   }
-  auto stash_params = [&]() {
-#pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-      if (p.w) param_slot(0, i) = w_ahead[i];
-      if (p.b) param_slot(1, i) = b_ahead[i];
-    }
-  };
 
   // A CTA's rows: consecutive ones on a one-pass grid (whole stretches of
   // memory per CTA), else strided (see above).
@@ -178,7 +172,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
                                kRowThreads, n, shift);
     } else {
       load_row<SHIFTED>(packs, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
-      if constexpr (kParamsInSmem && !PERSISTENT) stash_params();
+      if constexpr (kParamsInSmem && !PERSISTENT) {
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) stash_param_chunk(i);
+      }
     }
     // The row widened to floats, zeros outside it.
     float xf[ITEMS][VEC];
