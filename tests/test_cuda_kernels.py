@@ -77,10 +77,11 @@ def test_every_size_range(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n", [64, 768, 1024, 4099, 8192])
+@pytest.mark.parametrize("n", [64, 768, 1024, 2048, 3072, 4099, 8192])
 def test_row_counts(dtype, n):
     """Row counts around the CTA / persistent-grid edges: the dweight/dbias partial
-    sums per CTA group and the multi-row CTAs."""
+    sums per CTA group and the multi-row CTAs (float32 N=2048: four rows per CTA whose
+    accumulators in shared memory are added before its one partial row)."""
     for rows in [1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 263, 1000, 2049, 4097]:
         x = make_input((rows, n), dtype, "cuda")
         w, b = make_params([n], dtype, "cuda")
@@ -189,7 +190,8 @@ def test_many_small_rows(dtype, rows, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("rows,n", [(4096, 1024), (64, 8192), (2000, 5120), (1000, 4099), (8, 65536)])
+@pytest.mark.parametrize("rows,n", [(4096, 1024), (4096, 2048), (64, 8192), (2000, 5120), (1000, 4099),
+                                    (8, 65536)])
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_deterministic(dtype, rows, n, memory_efficient):
     """The same inputs give bitwise identical y, dx, dweight and dbias over 20 runs."""

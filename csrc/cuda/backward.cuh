@@ -349,34 +349,46 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     return;
   }
   if (want_params) {
-    if constexpr (ACC_SMEM) {
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-#pragma unroll
-        for (int q = 0; q < VEC / 4; ++q) {
-          const float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
-          dw_acc[i][4 * q] = a.x;
-          dw_acc[i][4 * q + 1] = a.y;
-          dw_acc[i][4 * q + 2] = a.z;
-          dw_acc[i][4 * q + 3] = a.w;
-          db_acc[i][4 * q] = c.x;
-          db_acc[i][4 * q + 1] = c.y;
-          db_acc[i][4 * q + 2] = c.z;
-          db_acc[i][4 * q + 3] = c.w;
-        }
-      }
-    }
     // One partial row per CTA group (cluster). CTAs holding several rows
-    // first add their row slots in shared memory, in slot order (all slots
-    // hold the same columns).
-    const int64_t part_offset = group * static_cast<int64_t>(n);
-    auto write_partial = [&](float(&acc)[ITEMS][VEC], float* part) {
-      if constexpr (ROWS > 1) {
-        __shared__ float combine[ITEMS * VEC][kThreads];
+    // first add their row slots, in slot order (all slots hold the same
+    // columns): the accumulators in shared memory where they are, the
+    // registers through a shared buffer.
+    if constexpr (ACC_SMEM) {
+      if constexpr (ROWS > 1) __syncthreads();  // every row slot's accumulators are final
+      if (slot == 0) {
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) combine[i * VEC + k][threadIdx.x] = acc[i][k];
+          for (int q = 0; q < VEC / 4; ++q) {
+            float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
+            for (int r = 1; r < ROWS; ++r) {
+              const float4 u = (&acc_slot(0, i, q))[r * TPR], v = (&acc_slot(1, i, q))[r * TPR];
+              a.x += u.x, a.y += u.y, a.z += u.z, a.w += u.w;
+              c.x += v.x, c.y += v.y, c.z += v.z, c.w += v.w;
+            }
+            dw_acc[i][4 * q] = a.x;
+            dw_acc[i][4 * q + 1] = a.y;
+            dw_acc[i][4 * q + 2] = a.z;
+            dw_acc[i][4 * q + 3] = a.w;
+            db_acc[i][4 * q] = c.x;
+            db_acc[i][4 * q + 1] = c.y;
+            db_acc[i][4 * q + 2] = c.z;
+            db_acc[i][4 * q + 3] = c.w;
+          }
+        }
+      }
+    }
+    const int64_t part_offset = group * static_cast<int64_t>(n);
+    auto write_partial = [&](float(&acc)[ITEMS][VEC], float* part) {
+      if constexpr (ROWS > 1 && !ACC_SMEM) {
+        // The slots after the first: [ITEMS * VEC][kThreads - TPR].
+        __shared__ float combine[ITEMS * VEC][kThreads - TPR];
+        if (slot != 0) {
+#pragma unroll
+          for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) combine[i * VEC + k][threadIdx.x - TPR] = acc[i][k];
+          }
         }
         __syncthreads();
         if (slot == 0) {
@@ -384,15 +396,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
-              float s = 0.f;
-              for (int r = 0; r < ROWS; ++r) s += combine[i * VEC + k][r * TPR + lane];
-              acc[i][k] = s;
+              for (int r = 1; r < ROWS; ++r) acc[i][k] += combine[i * VEC + k][(r - 1) * TPR + lane];
             }
           }
         }
         __syncthreads();  // combine is reused by the next call
-        if (slot != 0) return;
       }
+      if (ROWS > 1 && slot != 0) return;
       float* part_row = part + part_offset;
       // 16-byte stores when the partial row's chunk is aligned.
       const bool aligned = shift == 0 && n % 4 == 0;

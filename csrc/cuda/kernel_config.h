@@ -258,14 +258,21 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     {512, 32, 16, 4, 1, 2},
     {1024, 32, 32, 8, 1, 2},
     // 48 bytes per thread: no thread without columns at N=768 (tune v13:
-    // 88.9%; 64 x 32 B, a quarter of the threads idle: 80.0).
-    {1536, 32, 48, 4, 1, 0, 512, true, kAccSmem},
+    // 88.9%; 64 x 32 B, a quarter of the threads idle: 80.0); eight rows per
+    // CTA with one staged ahead (tune v16: 90.1; four unstaged 88.7).
+    {1536, 32, 48, 8, 1, 1, 512, true, kAccSmem},
     // Unstaged, accumulators in shared memory (tune v12: N=1024 87.0%, 2048
     // 86.5; two staged rows with accumulators in registers 85.0, 84.5).
     {2048, 64, 32, 2, 1, 0, 512, true, kAccSmem},
-    {3072, 192, 16, 1, 1, 1, 1024, true, kAccSmem},
+    {2560, 192, 16, 1, 1, 1, 1024, true, kAccSmem},
+    // Four CTAs per SM, two rows staged ahead (tune v16: N=1536 87.2%, 1600
+    // 86.1, 1792 89.1; 192 x 16 B at five CTAs per SM 83.9, 80.0 (128 x 32 B),
+    // 84.8; but N=1280, 64 threads idle: 81.9 against 83.6).
+    {3584, 224, 16, 1, 1, 2, 1024, true, kAccSmem},
     {4096, 128, 32, 1, 1, 0, 512, true, kAccSmem},
-    {6144, 192, 32, 1, 1, 2, 512, true, kAccSmem},
+    // Five CTAs per SM at 64 registers, unstaged (tune v16: N=3072 86.1%; two
+    // staged rows at 512 threads per SM 81.8).
+    {6144, 192, 32, 1, 1, 0, 1024, true, kAccSmem},
     {8192, 256, 32, 1, 1, 2},
     {9216, 288, 32, 1, 1, 2, 576, true, kAccSmem},
     // 10-16 KiB rows: two CTAs per SM, partials added in clusters of 2-4 CTAs
@@ -292,9 +299,19 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
     {1024, 32, 32, 4, 1, 1},
     {2048, 64, 32, 4, 1, 0},
     {4096, 128, 32, 2, 1, 0},
-    {8192, 256, 32, 1, 1, 0, 1024, true, kAccSmem},
-    {12288, 384, 32, 1, 1, 0},
+    {7168, 256, 32, 1, 1, 0, 1024, true, kAccSmem},
+    // Four rows per 1024-thread CTA, one partial row for them (tune v16:
+    // N=2048 90.1-90.7%, one row per CTA 89.0; but N=1536 / 1600, a quarter
+    // or a fifth of the threads idle: 88.6 / 89.2 against 90.7 / 90.5).
+    {8192, 256, 32, 4, 1, 0, 1024, true, kAccSmem},
+    // Two CTAs per SM, accumulators in shared memory (tune v16: N=3072 91.0%;
+    // one CTA of 384 threads with them in registers 77.0).
+    {12288, 384, 32, 1, 1, 0, 768, true, kAccSmem},
     {16384, 512, 32, 1, 1, 0, 1024, true, kAccSmem},
+    // One CTA of 17 warps per row instead of a cluster of two, for rows just
+    // past 16 KiB (tune v16: N=4099 77.6%, 320 x 32 B x 2 CTAs 71.4; but at
+    // N=4352, all threads busy, 80.8 against 85.7).
+    {16640, 544, 32, 1, 1, 0, 544, true, kAccSmem},
     // Clusters, one row staged ahead, accumulators in shared memory (tune
     // v12: N=5120 87.4%, 6144 88.3, 8192 87.2, 12288 84.4, 16384 86.6, 32768
     // 83.4, 65536 75.7; v11 table 77.3, 79.9, 84.4, 69.4, 81.5, 78.7, 73.6).
