@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
           for (int q = 0; q < VEC / 4; ++q) {
             float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
-            for (int r = 1; r < ROWS; ++r) {
+            for (int r = 1; r < ROWS; ++r) {  // row slot r's thread of this lane: r * TPR on
               const float4 u = (&acc_slot(0, i, q))[r * TPR], v = (&acc_slot(1, i, q))[r * TPR];
               a.x += u.x, a.y += u.y, a.z += u.z, a.w += u.w;
               c.x += v.x, c.y += v.y, c.z += v.z, c.w += v.w;
