@@ -396,7 +396,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
-              for (int r = 1; r < ROWS; ++r) acc[i][k] += combine[i * VEC + k][(r - 1) * TPR + lane];
+              for (int r = 1; r < ROWS; ++r) {
+                acc[i][k] += combine[i * VEC + k][(r - 1) * TPR + lane];
+              }
             }
           }
         }
