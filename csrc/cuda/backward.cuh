@@ -76,7 +76,7 @@ __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_thread
 #pragma unroll
     for (int g = 0; g < PART_GROUPS; ++g) {
       const float4 v = *cluster.map_shared_rank(mine, column_rank + g * CLUSTER);
-      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+      sum = sum + v;
     }
     const int tensor = e / (ITEMS * kQuads);
     const int item = e / kQuads % ITEMS;
@@ -178,8 +178,11 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // slots in shared memory (ACC_SMEM; no barrier: no other thread reads them).
   float dw_acc[ITEMS][VEC], db_acc[ITEMS][VEC];
   float4* const acc_smem = reinterpret_cast<float4*>(staging + STAGES * kStageSlots);
+  auto acc_slot_of = [&](int tensor, int i, int q, int thread) -> float4& {
+    return acc_smem[((tensor * ITEMS + i) * (VEC / 4) + q) * kThreads + thread];
+  };
   auto acc_slot = [&](int tensor, int i, int q) -> float4& {
-    return acc_smem[((tensor * ITEMS + i) * (VEC / 4) + q) * kThreads + threadIdx.x];
+    return acc_slot_of(tensor, i, q, threadIdx.x);
   };
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
@@ -361,10 +364,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
           for (int q = 0; q < VEC / 4; ++q) {
             float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
-            for (int r = 1; r < ROWS; ++r) {  // row slot r's thread of this lane: r * TPR on
-              const float4 u = (&acc_slot(0, i, q))[r * TPR], v = (&acc_slot(1, i, q))[r * TPR];
-              a.x += u.x, a.y += u.y, a.z += u.z, a.w += u.w;
-              c.x += v.x, c.y += v.y, c.z += v.z, c.w += v.w;
+            for (int r = 1; r < ROWS; ++r) {  // row slot r's thread of this lane
+              a = a + acc_slot_of(0, i, q, threadIdx.x + r * TPR);
+              c = c + acc_slot_of(1, i, q, threadIdx.x + r * TPR);
             }
             dw_acc[i][4 * q] = a.x;
             dw_acc[i][4 * q + 1] = a.y;

@@ -213,6 +213,9 @@ __device__ __forceinline__ double shfl_xor(double v, int m) {
 __device__ __forceinline__ float2 operator+(float2 a, float2 b) {
   return make_float2(a.x + b.x, a.y + b.y);
 }
+__device__ __forceinline__ float4 operator+(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
 template <typename V>
 __device__ __forceinline__ V zero_value() {
   if constexpr (std::is_same_v<V, float2>) {
