@@ -76,6 +76,11 @@ def main():
     # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
     ok &= check(3, 16384, torch.bfloat16, torch.float32)
     ok &= check(3, 131072, torch.bfloat16, torch.float32)
+    # Clusters of 16 CTAs (512 KiB-1 MiB rows; a shifted 16-bit row among
+    # them) and the float32 backward's 64-byte long-row entries.
+    for n, dtype in ((32768, torch.float32), (131072, torch.float32), (262144, torch.float32),
+                     (200001, torch.bfloat16), (524288, torch.bfloat16)):
+        ok &= check(3, n, dtype, dtype)
     print("ALL OK" if ok else "SOME FAILED", flush=True)
 
 

@@ -44,7 +44,7 @@ _KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "ker
 # "with_part_groups({bytes,", "params_from_cache({bytes,"), whichever they are.
 _ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:[a-z_]+\()*\{?(\d+),",
                                                   _KERNEL_CONFIG.read_text(), re.M)})
-assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 524288, _ROW_BYTES
+assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 1048576, _ROW_BYTES
 
 
 def _boundary_ns(dtype):

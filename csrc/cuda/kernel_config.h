@@ -15,10 +15,10 @@ namespace fastlayernorm::cuda {
 
 struct KernelConfig {
   int64_t max_row_bytes;  // rows up to this size use this entry
-  int tpr;                // threads per row (power of two)
+  int tpr;                // threads per row (a power of two up to 32, else a multiple of 32)
   int bytes_per_thread;   // input bytes each thread holds (multiple of 16)
   int rows;               // rows per CTA (tpr * rows threads)
-  int cluster;            // CTAs per row (1: no cluster; then rows may be > 1)
+  int cluster;            // CTAs per row (1: no cluster; then rows may be > 1); up to 16
   int stages;             // rows ahead staged in shared memory (cp.async); 0: none
   // Resident threads per SM the kernel is compiled for (caps registers at
   // 65536 / min_threads); 0: the direction's default below.
@@ -196,6 +196,10 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     row_in_smem_entry(131072, 128, 128, 8),
     row_in_smem_entry(262144, 256, 128, 8),
     row_in_smem_entry(524288, 512, 128, 8),
+    // 1 MiB rows: a cluster of 16 CTAs (Hopper's largest, opted into by
+    // resident_groups) of 512 threads, three per SM (tune v17: N=524288
+    // 63.5% of copy; 8 CTAs of 1024 threads, one per SM, 58.5).
+    row_in_smem_entry(1048576, 512, 128, 16),
 };
 inline constexpr KernelConfig kForwardConfigs32[] = {
     {16, 1, 16, 128, 1, 1},
@@ -240,6 +244,9 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     row_in_smem_entry(131072, 128, 128, 8),
     row_in_smem_entry(262144, 256, 128, 8),
     row_in_smem_entry(524288, 512, 128, 8),
+    // As the 16-bit table (tune v17: N=262144 66.7%; 8 x 1024 threads 64.3;
+    // the fallback kernel before, in the v15 benchmark, 23.7).
+    row_in_smem_entry(1048576, 512, 128, 16),
 };
 
 // Backward: x_hat and w*dy of the row are held as floats (64-register
@@ -273,21 +280,31 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     // Five CTAs per SM at 64 registers, unstaged (tune v16: N=3072 86.1%; two
     // staged rows at 512 threads per SM 81.8).
     {6144, 192, 32, 1, 1, 0, 1024, true, kAccSmem},
-    {8192, 256, 32, 1, 1, 2},
+    // 64 bytes per thread at 128 registers, two rows per CTA, two CTAs per SM
+    // (tune v17: N=4096 88.4% of copy; 256 x 32 B, two rows staged, 84.5).
+    {8192, 128, 64, 2, 1, 0, 512, true, kAccSmem},
     {9216, 288, 32, 1, 1, 2, 576, true, kAccSmem},
     // 10-16 KiB rows: two CTAs per SM, partials added in clusters of 2-4 CTAs
     // (tune v12: N=5120 85.1%, 6144 83.8, 8192 84.4; v11 table 78.5, -, 77.0).
     with_part_groups({10240, 320, 32, 1, 1, 0, 1024, true, kAccSmem}, 4),
-    with_part_groups({12288, 384, 32, 1, 1, 0, 768, true, kAccSmem}, 2),
+    // 64 bytes per thread at 128 registers (tune v17, N=6144: bf16 85.6%,
+    // float32 weights 85.9, fp16 85.6; 384 x 32 B in partial groups of two
+    // 84.5, 84.8, 86.8).
+    {12288, 192, 64, 1, 1, 0, 512, true, kAccSmem},
     with_part_groups({16384, 512, 32, 1, 1, 0, 1024, true, kAccSmem}, 2),
-    {24576, 384, 32, 1, 2, 2, 768, true, kAccSmem},
-    // Clusters with no staged row (the 64-register kernels keep x and dy
-    // packed; tune v12: N=16384 72.6, 32768 68.2, 65536 67.0; v11 table 66.3,
-    // 61.9, 59.9).
-    {32768, 512, 32, 1, 2, 0, 1024, true, kAccSmem},
-    {65536, 512, 32, 1, 4, 0, 1024, true, kAccSmem},
-    {131072, 512, 32, 1, 8, 0, 1024, true, kAccSmem},
-    {262144, 1024, 32, 1, 8, 0, 1024, true, kAccSmem},  // N=131072: 58.2 (staged: 56.1)
+    // Rows from 16 KiB: 64 bytes per thread at 128 registers and 512 threads
+    // per SM, no cluster up to 32 KiB (tune v17: N=12288 82.1%, 16384
+    // 80.0-82.3, 32768 75.6, 65536 72.2, 131072 67.8; the 32-byte entries
+    // before them, at 64 registers and 1024 threads per SM, which keep x and
+    // dy packed and widen them twice: 75.9, 73.9, 69.5, 68.4, 59.6).
+    {24576, 384, 64, 1, 1, 0, 512, true, kAccSmem},
+    {32768, 512, 64, 1, 1, 0, 512, true, kAccSmem},
+    {65536, 512, 64, 1, 2, 0, 512, true, kAccSmem},
+    {131072, 256, 64, 1, 8, 0, 512, true, kAccSmem},
+    {262144, 512, 64, 1, 8, 1, 512, true, kAccSmem},
+    // 512 KiB rows: a cluster of 16 (tune v17: N=262144 55.1%; the fallback
+    // kernel before, in the v16 benchmark, 21.3).
+    {524288, 512, 64, 1, 16, 0, 512, true, kAccSmem},
 };
 inline constexpr KernelConfig kBackwardConfigs32[] = {
     {16, 1, 16, 128, 1, 1},
@@ -320,8 +337,14 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
     {32768, 512, 32, 1, 2, 1, 1024, true, kAccSmem},
     {49152, 192, 32, 1, 8, 1, 1024, true, kAccSmem},
     {65536, 256, 32, 1, 8, 1, 1024, true, kAccSmem},
-    {131072, 512, 32, 1, 8, 1, 1024, true, kAccSmem},
-    {262144, 1024, 32, 1, 8, 1, 1024, true, kAccSmem},
+    // 64 bytes per thread at 128 registers (tune v17: N=32768 85.3%, 65536
+    // 79.3; 32 bytes at 1024 threads per SM 84.3, 78.1), and clusters of 16
+    // for 512 KiB-1 MiB rows (N=131072 68.3, 262144 64.9; the fallback
+    // kernel before, in the v16 benchmark, 32.2 and 22.5).
+    {131072, 256, 64, 1, 8, 1, 512, true, kAccSmem},
+    {262144, 512, 64, 1, 8, 1, 512, true, kAccSmem},
+    {524288, 512, 64, 1, 16, 0, 512, true, kAccSmem},
+    {1048576, 512, 128, 1, 16, 0, 512, true, kAccSmem},
 };
 
 }  // namespace fastlayernorm::cuda

@@ -145,7 +145,24 @@ int64_t resident_groups(Kernel kernel, int threads, int cluster, size_t smem,
     LaunchConfig one_cluster(dim3(cluster), dim3(threads), smem, nullptr);
     one_cluster.set_cluster(cluster);
     int clusters = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config));
+    if (cluster > 8) {
+      // Clusters of more than 8 CTAs (Hopper allows 16) must be opted into,
+      // and may not fit a GPU's (or a MIG slice's) GPCs: then none is
+      // resident and the caller takes another kernel instead of failing.
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+              cudaSuccess ||
+          cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config) !=
+              cudaSuccess) {
+        (void)cudaGetLastError();  // cleared: the fallback runs instead
+        clusters = 0;
+      }
+      if (clusters == 0) {
+        if (device < 64) cache[device] = -1;
+        return 0;
+      }
+    } else {
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config));
+    }
     groups = clusters;
   }
   TORCH_CHECK(groups > 0, "fastlayernorm: a LayerNorm kernel (", threads, " threads, cluster ",
