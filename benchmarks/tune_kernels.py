@@ -138,14 +138,17 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
         grids = tuple(g for g in grids if g not in (2, 3))
         if not grids:
             return out
-    bpts = (16, 32, 64) if direction == "fwd" else (16, 32)
+    # The backward's 64-byte threads run at 128 registers (512 threads per
+    # SM); session 11 found them the best for 8-512 KiB rows, which sweeps
+    # of 16/32 bytes only had never offered.
+    bpts = (16, 32, 64)
     max_cta = 1024 if direction == "fwd" else 512  # 64 / 128 registers per thread
     if occupancy and direction == "bwd":
         max_cta = 1024
     for bpt in bpts:
         for tpr_total in row_threads_options(row_bytes, bpt):
             cta_max = max_cta if bpt == 16 else min(max_cta, 512 if direction == "bwd" else 1024)
-            clusters = [1] if tpr_total <= cta_max else [c for c in (2, 4, 8)
+            clusters = [1] if tpr_total <= cta_max else [c for c in (2, 4, 8, 16)
                                                           if tpr_total // c <= cta_max]
             for cluster in clusters[:2]:
                 tpr = tpr_total // cluster
