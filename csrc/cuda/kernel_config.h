@@ -197,8 +197,8 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     row_in_smem_entry(262144, 256, 128, 8),
     row_in_smem_entry(524288, 512, 128, 8),
     // 1 MiB rows: a cluster of 16 CTAs (Hopper's largest, opted into by
-    // resident_groups) of 512 threads, three per SM (tune v17: N=524288
-    // 63.5% of copy; 8 CTAs of 1024 threads, one per SM, 58.5).
+    // resident_groups) of 512 threads, 64 KiB of the row each (tune v17:
+    // N=524288 63.5% of copy; 8 CTAs of 1024 threads, one per SM, 58.5).
     row_in_smem_entry(1048576, 512, 128, 16),
 };
 inline constexpr KernelConfig kForwardConfigs32[] = {
@@ -295,8 +295,8 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     // Rows from 16 KiB: 64 bytes per thread at 128 registers and 512 threads
     // per SM, no cluster up to 32 KiB (tune v17: N=12288 82.1%, 16384
     // 80.0-82.3, 32768 75.6, 65536 72.2, 131072 67.8; the 32-byte entries
-    // before them, at 64 registers and 1024 threads per SM, which keep x and
-    // dy packed and widen them twice: 75.9, 73.9, 69.5, 68.4, 59.6).
+    // before them, at 64-85 registers and 768-1024 threads per SM, which keep
+    // x and dy packed and widen them twice: 75.9, 73.9, 69.5, 68.4, 59.6).
     {24576, 384, 64, 1, 1, 0, 512, true, kAccSmem},
     {32768, 512, 64, 1, 1, 0, 512, true, kAccSmem},
     {65536, 512, 64, 1, 2, 0, 512, true, kAccSmem},
