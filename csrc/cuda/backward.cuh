@@ -364,18 +364,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
           for (int q = 0; q < VEC / 4; ++q) {
             float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
+#pragma unroll
             for (int r = 1; r < ROWS; ++r) {  // row slot r's thread of this lane
               a = a + acc_slot_of(0, i, q, threadIdx.x + r * TPR);
               c = c + acc_slot_of(1, i, q, threadIdx.x + r * TPR);
             }
-            dw_acc[i][4 * q] = a.x;
-            dw_acc[i][4 * q + 1] = a.y;
-            dw_acc[i][4 * q + 2] = a.z;
-            dw_acc[i][4 * q + 3] = a.w;
-            db_acc[i][4 * q] = c.x;
-            db_acc[i][4 * q + 1] = c.y;
-            db_acc[i][4 * q + 2] = c.z;
-            db_acc[i][4 * q + 3] = c.w;
+            unpack_float4(a, &dw_acc[i][4 * q]);
+            unpack_float4(c, &db_acc[i][4 * q]);
           }
         }
       }

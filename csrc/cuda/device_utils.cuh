@@ -216,6 +216,10 @@ __device__ __forceinline__ float2 operator+(float2 a, float2 b) {
 __device__ __forceinline__ float4 operator+(float4 a, float4 b) {
   return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
+// The four floats of v into dst[0..3].
+__device__ __forceinline__ void unpack_float4(float4 v, float* dst) {
+  dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+}
 template <typename V>
 __device__ __forceinline__ V zero_value() {
   if constexpr (std::is_same_v<V, float2>) {

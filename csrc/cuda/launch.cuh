@@ -145,24 +145,23 @@ int64_t resident_groups(Kernel kernel, int threads, int cluster, size_t smem,
     LaunchConfig one_cluster(dim3(cluster), dim3(threads), smem, nullptr);
     one_cluster.set_cluster(cluster);
     int clusters = 0;
-    if (cluster > 8) {
-      // Clusters of more than 8 CTAs (Hopper allows 16) must be opted into,
-      // and may not fit a GPU's (or a MIG slice's) GPCs: then none is
-      // resident and the caller takes another kernel instead of failing.
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
-              cudaSuccess ||
-          cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config) !=
-              cudaSuccess) {
-        (void)cudaGetLastError();  // cleared: the fallback runs instead
-        clusters = 0;
-      }
-      if (clusters == 0) {
-        if (device < 64) cache[device] = -1;
-        return 0;
-      }
-    } else {
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config));
+    // Clusters of more than 8 CTAs (Hopper allows 16) must be opted into,
+    // and may not fit a GPU's (or a MIG slice's) GPCs: then none is resident
+    // and the caller takes another kernel instead of failing.
+    const bool optional = cluster > 8;
+    cudaError_t err = cudaSuccess;
+    if (optional) {
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     }
+    if (err == cudaSuccess) {
+      err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &one_cluster.config);
+    }
+    if (optional && (err != cudaSuccess || clusters == 0)) {
+      (void)cudaGetLastError();  // cleared: the fallback runs instead
+      if (device < 64) cache[device] = -1;
+      return 0;
+    }
+    C10_CUDA_CHECK(err);
     groups = clusters;
   }
   TORCH_CHECK(groups > 0, "fastlayernorm: a LayerNorm kernel (", threads, " threads, cluster ",
