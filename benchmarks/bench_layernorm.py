@@ -301,9 +301,10 @@ def _sleep_cycles_per_ms(device: int) -> float:
 def _cuda_bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
     """do_bench's measurement (an L2-sized buffer zeroed before each call, CUDA events
     around the call, median over ~rep_ms of calls) with one change: before the timed calls
-    the GPU sleeps as long as the host will need beyond the GPU's own time to enqueue them
-    (host time per call measured over the warmup), so every timed call finds its
-    predecessors' work queued and the events time the GPU's work alone. Without it, a
+    the GPU sleeps as long as the host will need to enqueue them (host time per call
+    measured over the warmup; where the host takes over half the GPU's time per call), so
+    every timed call finds its predecessors' work queued and the events time the GPU's
+    work alone. Without it, a
     call whose host side is slower than flush + kernel (the autograd backward: 120-620 us
     of host time per call on the H100 machine against ~150 us of GPU time) is timed with
     the GPU idle, waiting for the host (docs/kernels.md, session 7)."""
@@ -327,12 +328,17 @@ def _cuda_bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
         fn()
     host_ms = (time.perf_counter() - t0) * 1e3 / n_warmup
     torch.cuda.synchronize()
-    if host_ms > 0.8 * gpu_ms:
+    lag_ms = 0.5
+    if host_ms > 0.5 * gpu_ms:
         # The head start holds only what the launch queue holds (about a thousand
         # launches: 100 calls of a few kernels each); beyond that the host blocks on a
         # full queue and the remaining calls are timed waiting for it again.
         n_rep = min(n_rep, 100)
-    lag_ms = min(n_rep * max(0.0, host_ms - gpu_ms) * 1.5 + 0.5, 5000.0)
+        # The host's whole time for the timed calls, not its excess over the GPU's:
+        # a host near the GPU's pace (v17: 185-250 us per backward call against
+        # ~250 us of GPU time) falls behind on any hiccup, and the calls after it
+        # are timed with the GPU waiting for the host.
+        lag_ms = min(n_rep * host_ms * 1.5 + 0.5, 5000.0)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     torch.cuda._sleep(int(lag_ms * _sleep_cycles_per_ms(device)))
