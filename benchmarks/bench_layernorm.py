@@ -871,6 +871,26 @@ def summarize(rows: List[dict], baseline_rows: List[dict]) -> List[dict]:
     return summary
 
 
+def fwd_bwd_geomeans(summary: List[dict]) -> Dict[str, Dict[str, float]]:
+    """Per dtype (short name) and peer: the geometric mean over the shapes of the main sweep
+    (not the few-row or extra shapes) of the peer's forward + backward time over
+    fastlayernorm's, from the shapes where both were timed for both (issue 4's 2x target
+    against torch)."""
+    ratios: Dict[str, Dict[str, List[float]]] = {}
+    for e in summary:
+        if e["tag"] in ("smallm", "extra") or not (e["fln_fwd_ms"] and e["fln_bwd_ms"]):
+            continue
+        dt = SHORT_DTYPE.get((e["dtype"], e["wdtype"]), e["dtype"])
+        mine = e["fln_fwd_ms"] + e["fln_bwd_ms"]
+        for peer, x in e["speedup"].items():
+            if x.get("fwd") and x.get("bwd"):
+                # speedup = peer ms / fastlayernorm ms, per mode
+                peer_ms = x["fwd"] * e["fln_fwd_ms"] + x["bwd"] * e["fln_bwd_ms"]
+                ratios.setdefault(dt, {}).setdefault(peer, []).append(peer_ms / mine)
+    return {dt: {peer: math.exp(sum(map(math.log, v)) / len(v)) for peer, v in by_peer.items()}
+            for dt, by_peer in ratios.items()}
+
+
 SHORT_DTYPE = {("bfloat16", "bfloat16"): "bf16", ("float16", "float16"): "fp16",
                ("float32", "float32"): "fp32", ("bfloat16", "float32"): "bf16w32"}
 
@@ -923,6 +943,12 @@ def summary_text(data: dict) -> str:
             if base[0]:
                 text += f" | base {base[0] * 1e3:.1f}/{base[1] * 1e3:.1f}"
             out.append(text)
+    geo = data.get("fwd_bwd_geomean") or {}
+    if geo:
+        out.append("forward+backward, peer time / fastlayernorm time, geometric mean over the "
+                   "main sweep: " + "; ".join(
+                       f"{dt} " + ", ".join(f"{p} {x:.2f}x" for p, x in sorted(v.items()))
+                       for dt, v in geo.items()))
     if data.get("skipped"):
         out.append(f"NOT RUN ({data.get('stopped')}): {len(data['skipped'])} jobs, "
                    f"first {data['skipped'][0]}")
@@ -1168,6 +1194,7 @@ def finish(data: dict, baseline_rows: List[dict], png_path: Optional[Path], json
            start: Optional[float]) -> int:
     """Summary, plot, final JSON, and the summary table as the last thing printed."""
     data["summary"] = summarize(data["rows"], baseline_rows)
+    data["fwd_bwd_geomean"] = fwd_bwd_geomeans(data["summary"])
     if start is not None:
         data["elapsed_s"] = time.perf_counter() - start
     if png_path is not None:

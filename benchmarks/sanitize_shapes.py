@@ -53,6 +53,8 @@ def main():
     # entries run without partial groups, N=6147 above).
     ok &= check(600, 5000, torch.bfloat16, torch.bfloat16)
     ok &= check(600, 8192, torch.float16, torch.float16)
+    ok &= check(280, 12288, torch.bfloat16, torch.bfloat16)
+    ok &= check(200, 16384, torch.float16, torch.float32)
     ok &= check(5, 16384, torch.float32, torch.float32)
     ok &= check(5, 32768, torch.float32, torch.float32)
     ok &= check(3, 65536, torch.float32, torch.float32)
