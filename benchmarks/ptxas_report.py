@@ -23,7 +23,7 @@ def demangle_args(name: str) -> str:
     if len(ints) >= 6:
         # <..., VEC, ITEMS, TPR, ROWS, CLUSTER, [PART_GROUPS: backward], MIN_CTAS,
         # STAGES, bools>: forward shifted, persistent; backward acc_smem,
-        # from_output, shifted.
+        # from_output, shifted, prefetch.
         bwd = "bwd" in label
         vec, items, tpr, rows, cluster = ints[:5]
         part_groups = ints[5] if bwd else "1"
@@ -31,7 +31,8 @@ def demangle_args(name: str) -> str:
         min_ctas = rest[0] if rest else "?"
         stages = rest[1] if len(rest) > 1 else "0"
         flags = re.findall(r"Lb([01])E", name)
-        names = ["acc_smem", "from_output", "shifted"] if bwd else ["shifted", "persistent"]
+        names = (["acc_smem", "from_output", "shifted", "prefetch"] if bwd
+                 else ["shifted", "persistent"])
         on = [n for n, f in zip(names, flags) if f == "1"]
         if stages != "0":
             on.insert(0, f"stages={stages}")

@@ -214,7 +214,7 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             # backward's accumulators in shared memory.
             # Forward: 0 one-pass, 1 persistent, 2 row in shared memory (one
             # pass), 3 row in shared memory, persistent.
-            # Backward: bit 0 the accumulators in shared memory, flag >> 1 the
+            # Backward: bit 0 the accumulators in shared memory, (flag & 31) >> 1 the
             # partial groups (0: 1).
             # Forward bit 2 (4): a one-pass kernel's weight/bias from L1/L2
             # after the reductions (params_from_cache), not shared memory.
@@ -222,7 +222,10 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             row_in_smem = c["dir"] == "fwd" and flag & 3 in (2, 3)
             params_in_smem = not (c["dir"] == "fwd" and flag & 4)
             acc_smem = flag & 1 if c["dir"] == "bwd" else 0
-            part_groups = max(1, flag >> 1) if c["dir"] == "bwd" else 1
+            # Backward bit 5 (32): the next row prefetched into registers
+            # (prefetch_row); bits 1-4: the partial groups.
+            part_groups = max(1, (flag & 31) >> 1) if c["dir"] == "bwd" else 1
+            prefetch = c["dir"] == "bwd" and bool(flag & 32)
             ctype = DTYPES[c["dtype"]][0]
             wtype = "float" if c["w32"] else ctype
             shifted = "true" if c["shifted"] else "false"
@@ -230,7 +233,8 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                 f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
                 f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
                 f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
-                f"{part_groups}, {'true' if params_in_smem else 'false'}}}; }};")
+                f"{part_groups}, {'true' if params_in_smem else 'false'}, "
+                f"{'true' if prefetch else 'false'}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "

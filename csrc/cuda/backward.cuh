@@ -113,10 +113,17 @@ __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_thread
 // and to read back in the finalize kernel.
 template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int ROWS,
           int CLUSTER, int PART_GROUPS, int MIN_CTAS, int STAGES, bool ACC_SMEM, bool FROM_OUTPUT,
-          bool SHIFTED>
+          bool SHIFTED, bool PREFETCH = false>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
+  // PREFETCH: the next row's x and dy are loaded into registers (packed) once
+  // dx is stored, before the accumulators of the row are updated (in shared
+  // memory), so that update runs while the next row is in flight instead of
+  // between the row's loads and its reduction. Rows staged in shared memory
+  // (shifted 16-bit rows) keep the usual order.
+  constexpr bool kPrefetch = PREFETCH && STAGES == 0;
+  static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
   static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
                 "partial groups add the accumulators in shared memory of one-row CTAs, "
                 "whose threads hold the same columns in every CTA (no shifted rows)");
@@ -131,7 +138,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // Not for shifted rows: their weight chunks are off 16-byte boundaries.
   constexpr int kRegisterCap = 65536 / (kThreads * MIN_CTAS) / 8 * 8;
   constexpr bool kKeepPacks =
-      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED;
+      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED && !kPrefetch;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
@@ -184,6 +191,24 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   auto acc_slot = [&](int tensor, int i, int q) -> float4& {
     return acc_slot_of(tensor, i, q, threadIdx.x);
   };
+  // Adds chunk i of a row (dy and x_hat) to the thread's accumulators in
+  // shared memory.
+  auto accumulate_smem = [&](int i, const float(&g)[VEC], const float(&xh_i)[VEC]) {
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
+      a.x = fmaf(g[4 * q], xh_i[4 * q], a.x);
+      a.y = fmaf(g[4 * q + 1], xh_i[4 * q + 1], a.y);
+      a.z = fmaf(g[4 * q + 2], xh_i[4 * q + 2], a.z);
+      a.w = fmaf(g[4 * q + 3], xh_i[4 * q + 3], a.w);
+      c.x += g[4 * q];
+      c.y += g[4 * q + 1];
+      c.z += g[4 * q + 2];
+      c.w += g[4 * q + 3];
+      acc_slot(0, i, q) = a;
+      acc_slot(1, i, q) = c;
+    }
+  };
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
@@ -219,12 +244,20 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     for (int s = 0; s < STAGES; ++s) stage_rows(s, row + s * stride);
   }
   int stage = 0;
+  Pack<T, VEC> xv[ITEMS];
+  Pack<G, VEC> gv[ITEMS];
+  if constexpr (kPrefetch) {
+    const bool ok = row < p.rows;
+    load_row<SHIFTED>(xv, p.x + (ok ? row : 0) * n, x_end, ok, thread_in_row, kRowThreads, n, shift);
+    load_row<SHIFTED>(gv, p.dy + (ok ? row : 0) * n, dy_end, ok, thread_in_row, kRowThreads, n,
+                      shift);
+  }
   for (int64_t base = loop_group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
-    Pack<T, VEC> xv[ITEMS];
-    Pack<G, VEC> gv[ITEMS];
-    if constexpr (STAGES > 0) {
+    if constexpr (kPrefetch) {
+      // xv and gv hold this row (loaded the iteration before).
+    } else if constexpr (STAGES > 0) {
       cp_async_wait<STAGES - 1>();
       read_staged_row<SHIFTED>(xv, stage_of(stage, 0), kThreads, row_ok, thread_in_row,
                                kRowThreads, n, shift);
@@ -267,6 +300,16 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 #pragma unroll
       for (int k = 0; k < VEC; ++k) wg_i[k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
     };
+    // Chunk i's packs made opaque before they are widened a second time.
+    auto make_opaque = [&](int i) {
+      if constexpr (std::is_same_v<T, c10::Half> && !FROM_OUTPUT) {
+        opaque_pack(xv[i], opaque_zero);
+        opaque_pack(gv[i], opaque_zero);
+      } else {
+        opaque_pack(xv[i]);
+        opaque_pack(gv[i]);
+      }
+    };
 
     float xh[ITEMS][VEC], wg[ITEMS][VEC];
     float dot_sums[ITEMS], wg_sums[ITEMS];  // per chunk: sum w*dy*x_hat, sum w*dy
@@ -283,23 +326,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       }
       dot_sums[i] = dot(wg[i], xh[i]);
       wg_sums[i] = tree_sum(wg[i]);
-      if constexpr (ACC_SMEM) {
-        if (want_params) {
-#pragma unroll
-          for (int q = 0; q < VEC / 4; ++q) {
-            float4 a = acc_slot(0, i, q), c = acc_slot(1, i, q);
-            a.x = fmaf(g[4 * q], xh[i][4 * q], a.x);
-            a.y = fmaf(g[4 * q + 1], xh[i][4 * q + 1], a.y);
-            a.z = fmaf(g[4 * q + 2], xh[i][4 * q + 2], a.z);
-            a.w = fmaf(g[4 * q + 3], xh[i][4 * q + 3], a.w);
-            c.x += g[4 * q];
-            c.y += g[4 * q + 1];
-            c.z += g[4 * q + 2];
-            c.w += g[4 * q + 3];
-            acc_slot(0, i, q) = a;
-            acc_slot(1, i, q) = c;
-          }
-        }
+      if constexpr (ACC_SMEM && !kPrefetch) {
+        if (want_params) accumulate_smem(i, g, xh[i]);
       }
     }
     if constexpr (STAGES > 0) {
@@ -314,13 +342,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       // values), which the compiler may not take from before the reduction.
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        if constexpr (std::is_same_v<T, c10::Half> && !FROM_OUTPUT) {
-          opaque_pack(xv[i], opaque_zero);
-          opaque_pack(gv[i], opaque_zero);
-        } else {
-          opaque_pack(xv[i]);
-          opaque_pack(gv[i]);
-        }
+        make_opaque(i);
         float g[VEC];
         widen(i, xh[i], g, wg[i]);
       }
@@ -338,6 +360,33 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           store_floats(out, v);
           store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
         }
+      }
+    }
+    if constexpr (kPrefetch) {
+      // The next row's loads first, then this row's accumulators from its
+      // packs, widened again (the same instructions: the same values; opaque
+      // so that the compiler does not hold the floats from before instead).
+      Pack<T, VEC> xn[ITEMS];
+      Pack<G, VEC> gn[ITEMS];
+      const int64_t next = row + stride;
+      const bool next_ok = next < p.rows;
+      load_row<SHIFTED>(xn, p.x + (next_ok ? next : 0) * n, x_end, next_ok, thread_in_row,
+                        kRowThreads, n, shift);
+      load_row<SHIFTED>(gn, p.dy + (next_ok ? next : 0) * n, dy_end, next_ok, thread_in_row,
+                        kRowThreads, n, shift);
+      if (want_params) {
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+          make_opaque(i);
+          float xh_i[VEC], g[VEC], wg_i[VEC];
+          widen(i, xh_i, g, wg_i);
+          accumulate_smem(i, g, xh_i);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        xv[i] = xn[i];
+        gv[i] = gn[i];
       }
     }
   }

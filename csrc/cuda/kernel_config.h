@@ -50,6 +50,10 @@ struct KernelConfig {
   // few-register kernels: shared memory; float32 weights with 16-bit rows:
   // loaded in the output loop) it is ignored (forward_params_in_smem).
   bool params_in_smem = true;
+  // Backward only (accumulators in shared memory, rows not staged): the next
+  // row's x and dy are loaded into registers after the row's dx is stored and
+  // before its accumulators are updated, which then overlaps those loads.
+  bool prefetch_row = false;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of

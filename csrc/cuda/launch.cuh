@@ -444,7 +444,7 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   constexpr int kHwCluster = c.cluster * kPartGroups;  // CTAs of a hardware cluster
   auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster, kPartGroups,
                               min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
-                              c.acc_in_smem, kFromOutput, kShifted>;
+                              c.acc_in_smem, kFromOutput, kShifted, c.prefetch_row>;
   constexpr size_t kSmem =
       backward_smem_bytes<T, G, kItems, cta_threads(c), c.stages, c.acc_in_smem>();
   static ResidencyCache cache{};
