@@ -304,10 +304,10 @@ def _cuda_bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
     the GPU sleeps as long as the host will need to enqueue them (host time per call
     measured over the warmup; where the host takes over half the GPU's time per call), so
     every timed call finds its predecessors' work queued and the events time the GPU's
-    work alone. Without it, a
-    call whose host side is slower than flush + kernel (the autograd backward: 120-620 us
-    of host time per call on the H100 machine against ~150 us of GPU time) is timed with
-    the GPU idle, waiting for the host (docs/kernels.md, session 7)."""
+    work alone. Without it, a call whose host side is slower than flush + kernel (the
+    autograd backward: 120-620 us of host time per call on the H100 machine against ~150
+    us of GPU time) is timed with the GPU idle, waiting for the host (docs/kernels.md,
+    sessions 7 and 12)."""
     device = torch.cuda.current_device()
     flush = _flush_buffer(device)
     fn()

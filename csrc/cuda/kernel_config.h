@@ -53,6 +53,9 @@ struct KernelConfig {
   // Backward only (accumulators in shared memory, rows not staged): the next
   // row's x and dy are loaded into registers after the row's dx is stored and
   // before its accumulators are updated, which then overlaps those loads.
+  // A tune candidate (benchmarks/tune_kernels.py, flag 32); no entry takes it
+  // yet (docs/kernels.md, session 12: +1.7 at bf16 N=6144, a loss wherever
+  // it runs short of registers).
   bool prefetch_row = false;
 };
 
