@@ -1,6 +1,7 @@
 """Plot a bench_layernorm JSON: bandwidth as % of copy against N, one line per provider.
 
-One row of panels per dtype, forward on the left, backward on the right; the dashed grey
+One row of panels per dtype, forward on the left, backward on the right (only the
+directions the run timed); the dashed grey
 line is the best peer of the baseline file (shapes with the same rows and N only).  Usage::
 
     python -m benchmarks.plot_results benchmarks/results/layernorm-h100-2026-11-26.json [-o out.png]
@@ -56,14 +57,19 @@ def plot(data: Union[dict, str, Path], png_path: Union[str, Path]) -> Optional[P
         if not pairs:
             print("plot: no sweep rows to plot", flush=True)
             return None
-        fig, axes = plt.subplots(len(pairs), 2, figsize=(14, 3.8 * len(pairs)), squeeze=False)
+        # Only the directions the run timed (a backward-only run: one column).
+        modes = [(mode, name) for mode, name in MODES
+                 if any(r.get(f"{mode}_frac") for r in rows if r["tag"] in MAIN_TAGS)] or list(MODES)
+        fig, axes = plt.subplots(len(pairs), len(modes), figsize=(max(9, 7 * len(modes)), 3.8 * len(pairs)),
+                                 squeeze=False)
         for i, pair in enumerate(pairs):
-            for j, (mode, mode_name) in enumerate(MODES):
+            for j, (mode, mode_name) in enumerate(modes):
                 _panel(axes[i][j], _series(rows, pair, mode),
                        _baseline_series(data.get("summary", []), pair, mode),
                        f"{DTYPE_LABEL.get(pair, '/'.join(pair))} {mode_name}")
-        fig.suptitle(f"LayerNorm bandwidth as % of a device copy ({data['copy_gbs']:.0f} GB/s) - "
-                     f"{data['device']} - {data['date']}")
+        sep = " - " if len(modes) > 1 else "\n"  # one column: the title on two lines
+        fig.suptitle(f"LayerNorm bandwidth as % of a device copy ({data['copy_gbs']:.0f} GB/s)"
+                     f"{sep}{data['device']} - {data['date']}")
         fig.tight_layout()
         png_path = Path(png_path)
         png_path.parent.mkdir(parents=True, exist_ok=True)
