@@ -246,12 +246,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   int stage = 0;
   Pack<T, VEC> xv[ITEMS];
   Pack<G, VEC> gv[ITEMS];
-  if constexpr (kPrefetch) {
-    const bool ok = row < p.rows;
-    load_row<SHIFTED>(xv, p.x + (ok ? row : 0) * n, x_end, ok, thread_in_row, kRowThreads, n, shift);
-    load_row<SHIFTED>(gv, p.dy + (ok ? row : 0) * n, dy_end, ok, thread_in_row, kRowThreads, n,
-                      shift);
-  }
+  // PREFETCH: x and dy of row r into registers (zeros past the last row).
+  auto prefetch_rows = [&](Pack<T, VEC>(&xs)[ITEMS], Pack<G, VEC>(&gs)[ITEMS], int64_t r) {
+    const bool ok = r < p.rows;
+    const int64_t offset = (ok ? r : 0) * static_cast<int64_t>(n);
+    load_row<SHIFTED>(xs, p.x + offset, x_end, ok, thread_in_row, kRowThreads, n, shift);
+    load_row<SHIFTED>(gs, p.dy + offset, dy_end, ok, thread_in_row, kRowThreads, n, shift);
+  };
+  if constexpr (kPrefetch) prefetch_rows(xv, gv, row);
   for (int64_t base = loop_group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
@@ -368,12 +370,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       // so that the compiler does not hold the floats from before instead).
       Pack<T, VEC> xn[ITEMS];
       Pack<G, VEC> gn[ITEMS];
-      const int64_t next = row + stride;
-      const bool next_ok = next < p.rows;
-      load_row<SHIFTED>(xn, p.x + (next_ok ? next : 0) * n, x_end, next_ok, thread_in_row,
-                        kRowThreads, n, shift);
-      load_row<SHIFTED>(gn, p.dy + (next_ok ? next : 0) * n, dy_end, next_ok, thread_in_row,
-                        kRowThreads, n, shift);
+      prefetch_rows(xn, gn, row + stride);
       if (want_params) {
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
