@@ -55,6 +55,14 @@ def main():
     ok &= check(600, 8192, torch.float16, torch.float16)
     ok &= check(280, 12288, torch.bfloat16, torch.bfloat16)
     ok &= check(200, 16384, torch.float16, torch.float32)
+    # Backward entries that load the next row while finishing one
+    # (prefetch_row): more rows than resident CTAs, and the last row's
+    # "next" past the end.
+    ok &= check(600, 2048, torch.bfloat16, torch.bfloat16)
+    ok &= check(600, 2048, torch.float32, torch.float32)
+    ok &= check(601, 3072, torch.float16, torch.float16)
+    ok &= check(600, 5000, torch.float16, torch.float32)
+    ok &= check(599, 6144, torch.bfloat16, torch.float32)
     ok &= check(5, 16384, torch.float32, torch.float32)
     ok &= check(5, 32768, torch.float32, torch.float32)
     ok &= check(3, 65536, torch.float32, torch.float32)

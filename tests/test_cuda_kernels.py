@@ -77,11 +77,13 @@ def test_every_size_range(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n", [64, 768, 1024, 2048, 3072, 4099, 8192])
+@pytest.mark.parametrize("n", [64, 768, 1024, 2048, 3072, 4099, 6144, 8192])
 def test_row_counts(dtype, n):
     """Row counts around the CTA / persistent-grid edges: the dweight/dbias partial
-    sums per CTA group and the multi-row CTAs (float32 N=2048: four rows per CTA whose
-    accumulators in shared memory are added before its one partial row)."""
+    sums per CTA group, the multi-row CTAs (N=1024: two rows per CTA whose accumulators
+    are added before its one partial row) and the CTAs that load their next row while
+    finishing one (N=2048, 3072, 6144, bfloat16 8192: the last row's next is past the
+    end)."""
     for rows in [1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 263, 1000, 2049, 4097]:
         x = make_input((rows, n), dtype, "cuda")
         w, b = make_params([n], dtype, "cuda")
@@ -191,7 +193,7 @@ def test_many_small_rows(dtype, rows, n):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("rows,n", [(4096, 1024), (4096, 2048), (64, 8192), (2000, 5120), (1000, 4099),
-                                    (400, 12288), (8, 65536)])
+                                    (1500, 6144), (400, 12288), (8, 65536)])
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_deterministic(dtype, rows, n, memory_efficient):
     """The same inputs give bitwise identical y, dx, dweight and dbias over 20 runs."""

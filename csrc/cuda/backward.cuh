@@ -117,16 +117,17 @@ template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int R
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
-  // PREFETCH: the next row's x and dy are loaded into registers (packed) once
-  // dx is stored, before the accumulators of the row are updated (in shared
-  // memory), so that update runs while the next row is in flight instead of
-  // between the row's loads and its reduction. Rows staged in shared memory
-  // (shifted 16-bit rows) keep the usual order.
-  constexpr bool kPrefetch = PREFETCH && STAGES == 0;
+  // PREFETCH: a one-row pipeline in registers. The next row's x, dy, mean
+  // and rstd are loaded once this row's partial sums are taken and stay in
+  // flight over the row's reduction, its dx and its accumulator update (in
+  // shared memory). Only packs of x and dy are held (two rows' worth), x_hat
+  // and w*dy widened again after the reduction; weight stays in registers
+  // (from L1 it waited on L2 inside the row: the accumulators take the L1's
+  // shared memory). For entries with registers to spare (168 per thread,
+  // or 32-byte threads at 128): where the two rows spill it loses. Not for
+  // shifted rows (staged, weight chunks off 16-byte boundaries).
+  constexpr bool kPrefetch = PREFETCH && STAGES == 0 && !SHIFTED;
   static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
-  static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
-                "partial groups add the accumulators in shared memory of one-row CTAs, "
-                "whose threads hold the same columns in every CTA (no shifted rows)");
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   // 16-bit rows of 16+ elements per thread at 64 registers: x_hat and w*dy
@@ -136,9 +137,11 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // over the row reduction (half the registers), widen them again for dx, and
   // load weight (and bias) chunks from L1 when needed instead of holding them.
   // Not for shifted rows: their weight chunks are off 16-byte boundaries.
+  // The prefetching kernel keeps packs too (kKeepPacks), not its weight.
   constexpr int kRegisterCap = 65536 / (kThreads * MIN_CTAS) / 8 * 8;
-  constexpr bool kKeepPacks =
-      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED && !kPrefetch;
+  constexpr bool kParamsFromL1 =
+      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED;
+  constexpr bool kKeepPacks = kParamsFromL1 || kPrefetch;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
@@ -167,7 +170,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 
   // The thread's columns are the same in every row: weight (and bias, when
   // rebuilding from the output) are loaded once, kept packed (zeros outside),
-  // or loaded from L1 when needed (kKeepPacks).
+  // or loaded from L1 when needed (kParamsFromL1).
   Pack<W, VEC> wv[ITEMS], bv[ITEMS];
   auto load_params = [&](int i) {
     const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if (has_w) wv[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
     if (FROM_OUTPUT && has_b) bv[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
   };
-  if constexpr (!kKeepPacks) {
+  if constexpr (!kParamsFromL1) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) load_params(i);
   }
@@ -246,19 +249,24 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   int stage = 0;
   Pack<T, VEC> xv[ITEMS];
   Pack<G, VEC> gv[ITEMS];
-  // PREFETCH: x and dy of row r into registers (zeros past the last row).
+  // PREFETCH: x, dy, mean and rstd of row r into registers (zeros past the
+  // last row).
+  float mean_next = 0.f, rstd_next = 0.f;
   auto prefetch_rows = [&](Pack<T, VEC>(&xs)[ITEMS], Pack<G, VEC>(&gs)[ITEMS], int64_t r) {
     const bool ok = r < p.rows;
     const int64_t offset = (ok ? r : 0) * static_cast<int64_t>(n);
     load_row<SHIFTED>(xs, p.x + offset, x_end, ok, thread_in_row, kRowThreads, n, shift);
     load_row<SHIFTED>(gs, p.dy + offset, dy_end, ok, thread_in_row, kRowThreads, n, shift);
+    mean_next = (ok && !FROM_OUTPUT) ? p.mean[r] : 0.f;
+    rstd_next = ok ? p.rstd[r] : 0.f;
   };
   if constexpr (kPrefetch) prefetch_rows(xv, gv, row);
   for (int64_t base = loop_group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
     if constexpr (kPrefetch) {
-      // xv and gv hold this row (loaded the iteration before).
+      // xv, gv, mean_next and rstd_next hold this row (loaded the iteration
+      // before).
     } else if constexpr (STAGES > 0) {
       cp_async_wait<STAGES - 1>();
       read_staged_row<SHIFTED>(xv, stage_of(stage, 0), kThreads, row_ok, thread_in_row,
@@ -269,12 +277,12 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       load_row<SHIFTED>(xv, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
       load_row<SHIFTED>(gv, p.dy + offset, dy_end, row_ok, thread_in_row, kRowThreads, n, shift);
     }
-    const float mean = (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
-    const float rstd = row_ok ? p.rstd[row] : 0.f;
+    const float mean = kPrefetch ? mean_next : (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
+    const float rstd = kPrefetch ? rstd_next : row_ok ? p.rstd[row] : 0.f;
 
     // x_hat, dy and w*dy of chunk i as floats, from the row's packs.
     auto widen = [&](int i, float(&xh_i)[VEC], float(&g)[VEC], float(&wg_i)[VEC]) {
-      if constexpr (kKeepPacks) load_params(i);
+      if constexpr (kParamsFromL1) load_params(i);
       unpack(xv[i], xh_i);
       unpack(gv[i], g);
       // Staged partial chunks hold the neighbouring row's x and dy: zeroed,
@@ -337,8 +345,43 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       stage_rows(stage, row + STAGES * stride);
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
+    // PREFETCH: the next row in flight from here on.
+    Pack<T, VEC> x_next[kPrefetch ? ITEMS : 1];
+    Pack<G, VEC> g_next[kPrefetch ? ITEMS : 1];
+    if constexpr (kPrefetch) prefetch_rows(x_next, g_next, row + stride);
     const float2 sums = reducer.sum(make_float2(tree_sum(dot_sums), tree_sum(wg_sums)));
     const float c1 = sums.x * inv_n, c2 = sums.y * inv_n;
+    // dx of chunk i from its x_hat and w*dy.
+    auto store_dx = [&](int i, const float(&xh_i)[VEC], const float(&wg_i)[VEC]) {
+      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+      if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
+        float v[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) v[k] = (wg_i[k] - (xh_i[k] * c1 + c2)) * rstd;
+        Pack<T, VEC> out;
+        store_floats(out, v);
+        store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
+      }
+    };
+    if constexpr (kPrefetch) {
+      // Chunk by chunk, widened again from the packs (the same instructions:
+      // the same values; opaque so that the compiler does not hold the floats
+      // from before the reduction instead): dx, then the accumulators.
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        make_opaque(i);
+        float xh_i[VEC], g[VEC], wg_i[VEC];
+        widen(i, xh_i, g, wg_i);
+        if (row_ok && p.dx) store_dx(i, xh_i, wg_i);
+        if (want_params) accumulate_smem(i, g, xh_i);
+      }
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        xv[i] = x_next[i];
+        gv[i] = g_next[i];
+      }
+      continue;
+    }
     if constexpr (kKeepPacks) {
       // Widened again from the packs (the same instructions: the same
       // values), which the compiler may not take from before the reduction.
@@ -349,42 +392,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         widen(i, xh[i], g, wg[i]);
       }
     }
-
     if (row_ok && p.dx) {
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
-          float v[VEC];
-#pragma unroll
-          for (int k = 0; k < VEC; ++k) v[k] = (wg[i][k] - (xh[i][k] * c1 + c2)) * rstd;
-          Pack<T, VEC> out;
-          store_floats(out, v);
-          store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
-        }
-      }
-    }
-    if constexpr (kPrefetch) {
-      // The next row's loads first, then this row's accumulators from its
-      // packs, widened again (the same instructions: the same values; opaque
-      // so that the compiler does not hold the floats from before instead).
-      Pack<T, VEC> xn[ITEMS];
-      Pack<G, VEC> gn[ITEMS];
-      prefetch_rows(xn, gn, row + stride);
-      if (want_params) {
-#pragma unroll
-        for (int i = 0; i < ITEMS; ++i) {
-          make_opaque(i);
-          float xh_i[VEC], g[VEC], wg_i[VEC];
-          widen(i, xh_i, g, wg_i);
-          accumulate_smem(i, g, xh_i);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        xv[i] = xn[i];
-        gv[i] = gn[i];
-      }
+      for (int i = 0; i < ITEMS; ++i) store_dx(i, xh[i], wg[i]);
     }
   }
   // The finalize kernel may launch now: its CTAs take the SMs these CTAs

@@ -50,12 +50,12 @@ struct KernelConfig {
   // few-register kernels: shared memory; float32 weights with 16-bit rows:
   // loaded in the output loop) it is ignored (forward_params_in_smem).
   bool params_in_smem = true;
-  // Backward only (accumulators in shared memory, rows not staged): the next
-  // row's x and dy are loaded into registers after the row's dx is stored and
-  // before its accumulators are updated, which then overlaps those loads.
-  // A tune candidate (benchmarks/tune_kernels.py, flag 32); no entry takes it
-  // yet (docs/kernels.md, session 12: +1.7 at bf16 N=6144, a loss wherever
-  // it runs short of registers).
+  // Backward only (accumulators in shared memory, rows not staged or
+  // shifted): the next row's x, dy, mean and rstd are loaded into registers
+  // once the row's partial sums are taken, and are in flight over its
+  // reduction, dx and accumulator update (backward.cuh). Two rows' packs in
+  // registers: for mappings with registers to spare (where they spill it
+  // loses, docs/kernels.md session 13).
   bool prefetch_row = false;
 };
 
@@ -63,6 +63,13 @@ struct KernelConfig {
 // `part_groups` (see KernelConfig::part_groups).
 constexpr KernelConfig with_part_groups(KernelConfig c, int part_groups) {
   c.part_groups = part_groups;
+  return c;
+}
+
+// A backward entry whose CTAs load their next row while they finish this one
+// (see KernelConfig::prefetch_row).
+constexpr KernelConfig with_prefetch(KernelConfig c) {
+  c.prefetch_row = true;
   return c;
 }
 
@@ -283,22 +290,23 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     // 86.1, 1792 89.1; 192 x 16 B at five CTAs per SM 83.9, 80.0 (128 x 32 B),
     // 84.8; but N=1280, 64 threads idle: 81.9 against 83.6).
     {3584, 224, 16, 1, 1, 2, 1024, true, kAccSmem},
-    {4096, 128, 32, 1, 1, 0, 512, true, kAccSmem},
-    // Five CTAs per SM at 64 registers, unstaged (tune v16: N=3072 86.1%; two
-    // staged rows at 512 threads per SM 81.8).
-    {6144, 192, 32, 1, 1, 0, 1024, true, kAccSmem},
+    // From here to 24 KiB rows (but the 8 and 9 KiB entries) the next row is
+    // loaded while the CTA finishes this one, at 120-168 registers (tune v19, bf16: N=2048
+    // 90.1% against 87.6; the entries before them at 64 registers and 5,
+    // 3 and 2 CTAs per SM: N=3072 87.9 / 85.0, fp16 87.6 / 84.5; 5000 87.2 /
+    // 83.0, fp16 86.5 / 80.8; 5120 88.9 / 86.2; 6144 88.1 / 85.9, fp16 88.2 /
+    // 86.1, float32 weights 87.8 / 85.7; 8192 88.3-88.6 / 83.8; 12288 86.8 /
+    // 82.4, float32 weights 86.6 / 82.3). At 128 registers on 64-byte threads
+    // (N=4096, 16384-65536) the two rows spill and lose 10-20 points.
+    with_prefetch({4096, 128, 32, 1, 1, 0, 512, true, kAccSmem}),
+    with_prefetch({6144, 96, 64, 1, 1, 0, 384, true, kAccSmem}),
     // 64 bytes per thread at 128 registers, two rows per CTA, two CTAs per SM
     // (tune v17: N=4096 88.4% of copy; 256 x 32 B, two rows staged, 84.5).
     {8192, 128, 64, 2, 1, 0, 512, true, kAccSmem},
     {9216, 288, 32, 1, 1, 2, 576, true, kAccSmem},
-    // 10-16 KiB rows: two CTAs per SM, partials added in clusters of 2-4 CTAs
-    // (tune v12: N=5120 85.1%, 6144 83.8, 8192 84.4; v11 table 78.5, -, 77.0).
-    with_part_groups({10240, 320, 32, 1, 1, 0, 1024, true, kAccSmem}, 4),
-    // 64 bytes per thread at 128 registers (tune v17, N=6144: bf16 85.6%,
-    // float32 weights 85.9, fp16 85.6; 384 x 32 B in partial groups of two
-    // 84.5, 84.8, 86.8).
-    {12288, 192, 64, 1, 1, 0, 512, true, kAccSmem},
-    with_part_groups({16384, 512, 32, 1, 1, 0, 1024, true, kAccSmem}, 2),
+    with_prefetch({10240, 160, 64, 1, 1, 0, 320, true, kAccSmem}),
+    with_prefetch({12288, 192, 64, 1, 1, 0, 512, true, kAccSmem}),
+    with_prefetch({16384, 512, 32, 1, 1, 0, 512, true, kAccSmem}),
     // Rows from 16 KiB: 64 bytes per thread at 128 registers and 512 threads
     // per SM, no cluster up to 32 KiB (tune v17: N=12288 82.1%, 16384
     // 80.0-82.3, 32768 75.6, 65536 72.2, 131072 67.8; the 32-byte entries
@@ -307,7 +315,7 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     // Up to 32 KiB the partials of two CTAs are added in a cluster first
     // (tune v18, bf16: N=12288 82.4-82.7 against 82.0-82.3, 16384 82.4-83.2
     // against 81.6-82.4; groups of four at 12288: 79.4-79.6).
-    with_part_groups({24576, 384, 64, 1, 1, 0, 512, true, kAccSmem}, 2),
+    with_prefetch(with_part_groups({24576, 384, 64, 1, 1, 0, 512, true, kAccSmem}, 2)),
     with_part_groups({32768, 512, 64, 1, 1, 0, 512, true, kAccSmem}, 2),
     {65536, 512, 64, 1, 2, 0, 512, true, kAccSmem},
     {131072, 256, 64, 1, 8, 0, 512, true, kAccSmem},
@@ -327,10 +335,10 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
     {2048, 64, 32, 4, 1, 0},
     {4096, 128, 32, 2, 1, 0},
     {7168, 256, 32, 1, 1, 0, 1024, true, kAccSmem},
-    // Four rows per 1024-thread CTA, one partial row for them (tune v16:
-    // N=2048 90.1-90.7%, one row per CTA 89.0; but N=1536 / 1600, a quarter
-    // or a fifth of the threads idle: 88.6 / 89.2 against 90.7 / 90.5).
-    {8192, 256, 32, 4, 1, 0, 1024, true, kAccSmem},
+    // The next row loaded while the CTA finishes this one, two CTAs per SM
+    // (tune v19: N=2048 91.8-92.0%; four rows per 1024-thread CTA, tune v16's
+    // entry, 90.5-90.7).
+    with_prefetch({8192, 256, 32, 1, 1, 0, 512, true, kAccSmem}),
     // Two CTAs per SM, accumulators in shared memory (tune v16: N=3072 91.0%;
     // one CTA of 384 threads with them in registers 77.0).
     {12288, 384, 32, 1, 1, 0, 768, true, kAccSmem},
