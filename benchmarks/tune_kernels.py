@@ -93,6 +93,9 @@ def table_configs(direction: str, dtype: str):
         from_cache = line.startswith("params_from_cache(")
         if from_cache:
             line = line[len("params_from_cache("):]
+        prefetch = line.startswith("with_prefetch(")
+        if prefetch:
+            line = line[len("with_prefetch("):]
         m = re.match(r"(?:with_part_groups\()?\{([^}]*)\}(?:,\s*(\d+)\))?", line)
         if m:
             f = [int(words.get(v.strip(), v.strip())) for v in m.group(1).split(",")]
@@ -100,7 +103,7 @@ def table_configs(direction: str, dtype: str):
             mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
             part_groups = int(m.group(2) or 1)
             flag = (persistent | (4 if from_cache else 0) if direction == "fwd"
-                    else acc | (part_groups << 1 if part_groups > 1 else 0))
+                    else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0))
             out.append((mx, (tpr, bpt, rows, cluster, stages, min_threads, flag)))
     assert out, f"no entries parsed from {name}"
     return out
