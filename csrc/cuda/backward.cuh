@@ -277,8 +277,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       load_row<SHIFTED>(xv, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
       load_row<SHIFTED>(gv, p.dy + offset, dy_end, row_ok, thread_in_row, kRowThreads, n, shift);
     }
-    const float mean = kPrefetch ? mean_next : (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
-    const float rstd = kPrefetch ? rstd_next : row_ok ? p.rstd[row] : 0.f;
+    float mean, rstd;
+    if constexpr (kPrefetch) {
+      mean = mean_next;
+      rstd = rstd_next;
+    } else {
+      mean = (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
+      rstd = row_ok ? p.rstd[row] : 0.f;
+    }
 
     // x_hat, dy and w*dy of chunk i as floats, from the row's packs.
     auto widen = [&](int i, float(&xh_i)[VEC], float(&g)[VEC], float(&wg_i)[VEC]) {
@@ -351,22 +357,23 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if constexpr (kPrefetch) prefetch_rows(x_next, g_next, row + stride);
     const float2 sums = reducer.sum(make_float2(tree_sum(dot_sums), tree_sum(wg_sums)));
     const float c1 = sums.x * inv_n, c2 = sums.y * inv_n;
-    // dx of chunk i from its x_hat and w*dy.
-    auto store_dx = [&](int i, const float(&xh_i)[VEC], const float(&wg_i)[VEC]) {
-      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
-        float v[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) v[k] = (wg_i[k] - (xh_i[k] * c1 + c2)) * rstd;
-        Pack<T, VEC> out;
-        store_floats(out, v);
-        store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
-      }
-    };
     if constexpr (kPrefetch) {
       // Chunk by chunk, widened again from the packs (the same instructions:
       // the same values; opaque so that the compiler does not hold the floats
-      // from before the reduction instead): dx, then the accumulators.
+      // from before the reduction instead): dx, then the accumulators. (The
+      // other kernels keep their dx loop inline: this lambda there changed
+      // their code, -4 points at bf16 N=128.)
+      auto store_dx = [&](int i, const float(&xh_i)[VEC], const float(&wg_i)[VEC]) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
+          float v[VEC];
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) v[k] = (wg_i[k] - (xh_i[k] * c1 + c2)) * rstd;
+          Pack<T, VEC> out;
+          store_floats(out, v);
+          store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
+        }
+      };
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         make_opaque(i);
@@ -394,7 +401,17 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     }
     if (row_ok && p.dx) {
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) store_dx(i, xh[i], wg[i]);
+      for (int i = 0; i < ITEMS; ++i) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
+          float v[VEC];
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) v[k] = (wg[i][k] - (xh[i][k] * c1 + c2)) * rstd;
+          Pack<T, VEC> out;
+          store_floats(out, v);
+          store_chunk<T, VEC, SHIFTED>(p.dx + offset, j0, n, out);
+        }
+      }
     }
   }
   // The finalize kernel may launch now: its CTAs take the SMs these CTAs
