@@ -128,6 +128,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // shifted rows (staged, weight chunks off 16-byte boundaries).
   constexpr bool kPrefetch = PREFETCH && STAGES == 0 && !SHIFTED;
   static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
+  static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
+                "partial groups add the accumulators in shared memory of one-row CTAs, "
+                "whose threads hold the same columns in every CTA (no shifted rows)");
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   // 16-bit rows of 16+ elements per thread at 64 registers: x_hat and w*dy

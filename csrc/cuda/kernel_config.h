@@ -291,13 +291,14 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     // 84.8; but N=1280, 64 threads idle: 81.9 against 83.6).
     {3584, 224, 16, 1, 1, 2, 1024, true, kAccSmem},
     // From here to 24 KiB rows (but the 8 and 9 KiB entries) the next row is
-    // loaded while the CTA finishes this one, at 120-168 registers (tune v19, bf16: N=2048
-    // 90.1% against 87.6; the entries before them at 64 registers and 5,
-    // 3 and 2 CTAs per SM: N=3072 87.9 / 85.0, fp16 87.6 / 84.5; 5000 87.2 /
-    // 83.0, fp16 86.5 / 80.8; 5120 88.9 / 86.2; 6144 88.1 / 85.9, fp16 88.2 /
-    // 86.1, float32 weights 87.8 / 85.7; 8192 88.3-88.6 / 83.8; 12288 86.8 /
-    // 82.4, float32 weights 86.6 / 82.3). At 128 registers on 64-byte threads
-    // (N=4096, 16384-65536) the two rows spill and lose 10-20 points.
+    // loaded while the CTA finishes this one, at 120-168 registers (tune
+    // v19, bf16: N=2048 90.1% against 87.6; against the entries before them
+    // at 64 registers and 5, 3 and 2 CTAs per SM: N=3072 87.9 / 85.0, fp16
+    // 87.6 / 84.5; 5000 87.2 / 83.0, fp16 86.5 / 80.8; 5120 88.9 / 86.2;
+    // 6144 88.1 / 85.9, fp16 88.2 / 86.1, float32 weights 87.8 / 85.7; 8192
+    // 88.3-88.6 / 83.8; 12288 86.8 / 82.4, float32 weights 86.6 / 82.3). At
+    // 128 registers on 64-byte threads (N=4096, 16384-65536) the two rows
+    // spill and lose 10-20 points.
     with_prefetch({4096, 128, 32, 1, 1, 0, 512, true, kAccSmem}),
     with_prefetch({6144, 96, 64, 1, 1, 0, 384, true, kAccSmem}),
     // 64 bytes per thread at 128 registers, two rows per CTA, two CTAs per SM
