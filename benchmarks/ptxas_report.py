@@ -34,6 +34,8 @@ def demangle_args(name: str) -> str:
         names = (["acc_smem", "from_output", "shifted", "prefetch"] if bwd
                  else ["shifted", "persistent"])
         on = [n for n, f in zip(names, flags) if f == "1"]
+        if "prefetch" in on and ("shifted" in on or stages != "0"):
+            on.remove("prefetch")  # the kernel ignores it there (backward.cuh kPrefetch)
         if stages != "0":
             on.insert(0, f"stages={stages}")
         if part_groups != "1":

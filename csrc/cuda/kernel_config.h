@@ -308,8 +308,9 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     with_prefetch({10240, 160, 64, 1, 1, 0, 320, true, kAccSmem}),
     with_prefetch({12288, 192, 64, 1, 1, 0, 512, true, kAccSmem}),
     with_prefetch({16384, 512, 32, 1, 1, 0, 512, true, kAccSmem}),
-    // Rows from 16 KiB: 64 bytes per thread at 128 registers and 512 threads
-    // per SM, no cluster up to 32 KiB (tune v17: N=12288 82.1%, 16384
+    // Rows from 16 KiB: 64 bytes per thread, 512 threads per SM (one
+    // 384-thread CTA at 168 registers up to 24 KiB, prefetching since v19;
+    // 128 registers beyond), no cluster up to 32 KiB (tune v17: N=12288 82.1%, 16384
     // 80.0-82.3, 32768 75.6, 65536 72.2, 131072 67.8; the 32-byte entries
     // before them, at 64-85 registers and 768-1024 threads per SM, which keep
     // x and dy packed and widen them twice: 75.9, 73.9, 69.5, 68.4, 59.6).
