@@ -31,7 +31,7 @@ def demangle_args(name: str) -> str:
         min_ctas = rest[0] if rest else "?"
         stages = rest[1] if len(rest) > 1 else "0"
         flags = re.findall(r"Lb([01])E", name)
-        names = (["acc_smem", "from_output", "shifted", "prefetch"] if bwd
+        names = (["acc_smem", "from_output", "shifted", "prefetch", "smem_weight"] if bwd
                  else ["shifted", "persistent"])
         on = [n for n, f in zip(names, flags) if f == "1"]
         if "prefetch" in on and ("shifted" in on or stages != "0"):

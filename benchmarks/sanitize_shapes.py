@@ -66,6 +66,12 @@ def main():
     ok &= check(5, 16384, torch.float32, torch.float32)
     ok &= check(5, 32768, torch.float32, torch.float32)
     ok &= check(3, 65536, torch.float32, torch.float32)
+    # ... with the weight in shared memory (long rows, clusters): more rows
+    # than resident clusters.
+    ok &= check(70, 32768, torch.bfloat16, torch.bfloat16)
+    ok &= check(20, 65536, torch.float16, torch.float32)
+    ok &= check(20, 65536, torch.float32, torch.float32)
+    ok &= check(10, 131072, torch.bfloat16, torch.bfloat16)
     # Entries that fit their row exactly (48-byte threads, float32 128-byte
     # threads) and shifted rows of one-row entries, which run on persistent
     # grids (more rows than CTA groups: the loop).

@@ -81,8 +81,22 @@ def table_configs(direction: str, dtype: str):
     body = text.split(f"{name}[] = {{", 1)[1].split("\n};", 1)[0]
     words = {"kGrid": 0, "false": 0, "true": 1, "kAccSmem": 1}
     out = []
+    # Entries, each on one line or wrapped over several (brackets balanced).
+    entries, buf = [], ""
     for line in body.splitlines():
-        line = line.split("//")[0].strip()
+        buf += line.split("//")[0].strip()
+        if buf and buf.count("(") == buf.count(")") and buf.count("{") == buf.count("}"):
+            entries.append(buf)
+            buf = ""
+    for line in entries:
+        # with_shifted_mapping(entry, tpr, bytes, cluster, min_threads): the
+        # mapping of the entry's shifted rows (backward).
+        shifted_map = None
+        if line.startswith("with_shifted_mapping("):
+            inner, _, tail = line[len("with_shifted_mapping("):].rpartition("}")
+            args = [int(v) for v in tail.strip(" ),").split(",")[-4:]]
+            line = inner + "}" + tail[:tail.index(",")] if "," in tail else inner + "}"
+            shifted_map = tuple(args)
         m = re.match(r"row_in_smem_entry\(([^)]*)\)", line)
         if m:
             f = [int(words.get(v.strip(), v.strip() or 0)) for v in m.group(1).split(",")]
@@ -93,6 +107,9 @@ def table_configs(direction: str, dtype: str):
         from_cache = line.startswith("params_from_cache(")
         if from_cache:
             line = line[len("params_from_cache("):]
+        smem_weight = line.startswith("with_smem_weight(")
+        if smem_weight:
+            line = line[len("with_smem_weight("):]
         prefetch = line.startswith("with_prefetch(")
         if prefetch:
             line = line[len("with_prefetch("):]
@@ -103,16 +120,23 @@ def table_configs(direction: str, dtype: str):
             mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
             part_groups = int(m.group(2) or 1)
             flag = (persistent | (4 if from_cache else 0) if direction == "fwd"
-                    else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0))
-            out.append((mx, (tpr, bpt, rows, cluster, stages, min_threads, flag)))
+                    else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0)
+                    | (64 if smem_weight else 0))
+            cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag)
+            out.append((mx, cfg) if shifted_map is None else (mx, cfg, shifted_map))
     assert out, f"no entries parsed from {name}"
     return out
 
 
-def table_candidate(direction: str, dtype: str, row_bytes: int):
-    """The table's entry for rows of row_bytes, as a candidate ([] beyond the table)."""
-    for mx, cfg in table_configs(direction, dtype):
+def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = False):
+    """The table's entry for rows of row_bytes, as a candidate ([] beyond the table);
+    for shifted rows of a backward entry with a shifted mapping, that mapping (one row
+    staged ahead, no prefetch, as shifted_backward_config makes it)."""
+    for mx, cfg, *shifted_map in table_configs(direction, dtype):
         if row_bytes <= mx:
+            if shifted and shifted_map:
+                tpr, bpt, cluster, min_threads = shifted_map[0]
+                cfg = (tpr, bpt, cfg[2], cluster, max(cfg[4], 1), min_threads, cfg[6] & 1)
             return [cfg]
     return []
 
@@ -229,6 +253,9 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             # (prefetch_row); bits 1-4: the partial groups.
             part_groups = max(1, (flag & 31) >> 1) if c["dir"] == "bwd" else 1
             prefetch = c["dir"] == "bwd" and bool(flag & 32)
+            # Backward bit 6 (64): with bit 5, the weight in shared memory
+            # (weight_in_smem).
+            smem_weight = c["dir"] == "bwd" and bool(flag & 64)
             ctype = DTYPES[c["dtype"]][0]
             wtype = "float" if c["w32"] else ctype
             shifted = "true" if c["shifted"] else "false"
@@ -237,7 +264,7 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                 f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
                 f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
                 f"{part_groups}, {'true' if params_in_smem else 'false'}, "
-                f"{'true' if prefetch else 'false'}}}; }};")
+                f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}}}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -348,7 +375,7 @@ def main():
         part_groups = tuple(int(g) for g in args.part_groups.split(","))
         fwd_params = tuple(int(g) for g in args.fwd_params.split(","))
         if args.table:
-            cfgs = table_candidate(d, dt, row_bytes)
+            cfgs = table_candidate(d, dt, row_bytes, shifted)
         elif args.configs:
             cfgs = [c for c in explicit if c[0] * c[1] * c[3] >= row_bytes]
         else:

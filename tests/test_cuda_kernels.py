@@ -40,10 +40,11 @@ ALL_TRUE = [True, True, True]
 # cannot leave its new edges untested), the last of them being the edge of the
 # register kernels (beyond it: fallback kernels).
 _KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
-# An entry line: "{bytes, ...", or wrapped by its helpers ("row_in_smem_entry(bytes,",
-# "with_part_groups({bytes,", "params_from_cache({bytes,"), whichever they are.
-_ROW_BYTES = sorted({int(m) for m in re.findall(r"^\s*(?:[a-z_]+\()*\{?(\d+),",
-                                                  _KERNEL_CONFIG.read_text(), re.M)})
+# An entry line: "{bytes, ...", or wrapped by its helpers ("with_part_groups({bytes,",
+# "params_from_cache({bytes,", ...), whichever they are, or "row_in_smem_entry(bytes,";
+# not the continuation lines of wrapped entries (a helper's trailing arguments).
+_ROW_BYTES = sorted({int(m) for m in re.findall(
+    r"^\s*(?:(?:[a-z_]+\()*\{|row_in_smem_entry\()(\d+),", _KERNEL_CONFIG.read_text(), re.M)})
 assert len(_ROW_BYTES) >= 20 and _ROW_BYTES[-1] == 1048576, _ROW_BYTES
 
 
@@ -92,6 +93,25 @@ def test_row_counts(dtype, n):
             check_against_reference(x, [n], w, b, g, autograd=False, torch_check=rows >= 128)
         except AssertionError as e:
             raise AssertionError(f"N={n}, rows={rows}, {dtype}: {e}") from e
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
+                                          (torch.float32, torch.float32)], ids=str)
+@pytest.mark.parametrize("n", [32768, 65536, 131072])
+def test_long_row_counts(dtype, wdtype, n):
+    """Long rows (a cluster of 2-16 CTAs per row) with row counts around the resident
+    clusters (8, 16, 33 or 66 on an H100's 132 SMs), on the entries whose CTAs load their
+    next row while finishing one, weight in shared memory: the loop, and the last row's
+    next past the end; both backwards (the memory-saving one keeps bias in shared memory
+    too)."""
+    for rows in [2, 7, 8, 9, 15, 16, 17, 32, 33, 34, 65, 66, 67, 133]:
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], wdtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        try:
+            check_against_reference(x, [n], w, b, g, autograd=False)
+        except AssertionError as e:
+            raise AssertionError(f"N={n}, rows={rows}, {dtype}/{wdtype}: {e}") from e
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
@@ -193,7 +213,7 @@ def test_many_small_rows(dtype, rows, n):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("rows,n", [(4096, 1024), (4096, 2048), (64, 8192), (2000, 5120), (1000, 4099),
-                                    (1500, 6144), (400, 12288), (8, 65536)])
+                                    (1500, 6144), (400, 12288), (8, 65536), (150, 32768), (40, 65536)])
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_deterministic(dtype, rows, n, memory_efficient):
     """The same inputs give bitwise identical y, dx, dweight and dbias over 20 runs."""

@@ -40,12 +40,19 @@ constexpr int staged_slots() {
 }
 
 // Dynamic shared memory: STAGES staged rows of x and dy, then (ACC_SMEM) the
-// dweight/dbias accumulators, [2][ITEMS][VEC / 4][threads] float4.
-template <typename T, typename G, int ITEMS, int THREADS, int STAGES, bool ACC_SMEM>
+// dweight/dbias accumulators, [2][ITEMS][VEC / 4][threads] float4, then
+// (PARAMS_SMEM) the thread's weight (and, FROM_OUTPUT, bias) chunks,
+// [1 or 2][ITEMS][threads] packs of W.
+template <typename T, typename G, typename W, int ITEMS, int THREADS, int STAGES, bool ACC_SMEM,
+          bool PARAMS_SMEM = false, bool FROM_OUTPUT = false>
 constexpr size_t backward_smem_bytes() {
+  constexpr int kVec = 16 / sizeof(T);
   const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16 * staged_slots<T, G>();
-  const size_t acc = ACC_SMEM ? 2 * static_cast<size_t>(ITEMS) * THREADS * (16 / sizeof(T)) * 4 : 0;
-  return staged + acc;
+  const size_t acc = ACC_SMEM ? 2 * static_cast<size_t>(ITEMS) * THREADS * kVec * 4 : 0;
+  const size_t params =
+      PARAMS_SMEM ? (FROM_OUTPUT ? 2 : 1) * static_cast<size_t>(ITEMS) * THREADS * kVec * sizeof(W)
+                  : 0;
+  return staged + acc + params;
 }
 
 // The end of a backward kernel with partial groups: the PART_GROUPS CTAs of
@@ -113,7 +120,7 @@ __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_thread
 // and to read back in the finalize kernel.
 template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int ROWS,
           int CLUSTER, int PART_GROUPS, int MIN_CTAS, int STAGES, bool ACC_SMEM, bool FROM_OUTPUT,
-          bool SHIFTED, bool PREFETCH = false>
+          bool SHIFTED, bool PREFETCH = false, bool PARAMS_SMEM = false>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
@@ -123,11 +130,19 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // shared memory). Only packs of x and dy are held (two rows' worth), x_hat
   // and w*dy widened again after the reduction; weight stays in registers
   // (from L1 it waited on L2 inside the row: the accumulators take the L1's
-  // shared memory). For entries with registers to spare (168 per thread,
-  // or 32-byte threads at 128): where the two rows spill it loses. Not for
-  // shifted rows (staged, weight chunks off 16-byte boundaries).
+  // shared memory) or, PARAMS_SMEM, in shared memory. For entries with
+  // registers to spare (168 per thread, or 32-byte threads at 128; 64-byte
+  // threads at 128 with PARAMS_SMEM): where the two rows spill it loses. Not
+  // for shifted rows (staged, weight chunks off 16-byte boundaries).
   constexpr bool kPrefetch = PREFETCH && STAGES == 0 && !SHIFTED;
   static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
+  // PARAMS_SMEM (prefetching kernels only): the thread's weight (and bias)
+  // chunks in its own shared-memory slots after the accumulators, read once
+  // per row chunk by chunk, instead of registers: the two rows' packs of a
+  // 64-byte thread fit 128 registers (held in registers they spilled, v19).
+  // Written and read by the same thread only: no barrier.
+  constexpr bool kParamsSmem = PARAMS_SMEM && kPrefetch;
+  static_assert(!PARAMS_SMEM || PREFETCH, "weight in shared memory is a prefetching kernel's option");
   static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
                 "partial groups add the accumulators in shared memory of one-row CTAs, "
                 "whose threads hold the same columns in every CTA (no shifted rows)");
@@ -143,7 +158,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // The prefetching kernel keeps packs too (kKeepPacks), not its weight.
   constexpr int kRegisterCap = 65536 / (kThreads * MIN_CTAS) / 8 * 8;
   constexpr bool kParamsFromL1 =
-      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED;
+      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED && !kParamsSmem;
   constexpr bool kKeepPacks = kParamsFromL1 || kPrefetch;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
@@ -182,7 +197,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if (has_w) wv[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
     if (FROM_OUTPUT && has_b) bv[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
   };
-  if constexpr (!kParamsFromL1) {
+  if constexpr (!kParamsFromL1 && !kParamsSmem) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) load_params(i);
   }
@@ -191,6 +206,21 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // slots in shared memory (ACC_SMEM; no barrier: no other thread reads them).
   float dw_acc[ITEMS][VEC], db_acc[ITEMS][VEC];
   float4* const acc_smem = reinterpret_cast<float4*>(staging + STAGES * kStageSlots);
+  // kParamsSmem: [weight, bias][ITEMS][kThreads] packs after the accumulators,
+  // loaded once.
+  Pack<W, VEC>* const params_smem =
+      reinterpret_cast<Pack<W, VEC>*>(acc_smem + 2 * ITEMS * (VEC / 4) * kThreads);
+  auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
+    return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
+  };
+  if constexpr (kParamsSmem) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      load_params(i);
+      param_slot(0, i) = wv[i];
+      if constexpr (FROM_OUTPUT) param_slot(1, i) = bv[i];
+    }
+  }
   auto acc_slot_of = [&](int tensor, int i, int q, int thread) -> float4& {
     return acc_smem[((tensor * ITEMS + i) * (VEC / 4) + q) * kThreads + thread];
   };
@@ -292,6 +322,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     // x_hat, dy and w*dy of chunk i as floats, from the row's packs.
     auto widen = [&](int i, float(&xh_i)[VEC], float(&g)[VEC], float(&wg_i)[VEC]) {
       if constexpr (kParamsFromL1) load_params(i);
+      if constexpr (kParamsSmem) {
+        wv[i] = param_slot(0, i);
+        if constexpr (FROM_OUTPUT) bv[i] = param_slot(1, i);
+      }
       unpack(xv[i], xh_i);
       unpack(gv[i], g);
       // Staged partial chunks hold the neighbouring row's x and dy: zeroed,

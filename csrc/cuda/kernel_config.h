@@ -57,6 +57,18 @@ struct KernelConfig {
   // registers: for mappings with registers to spare (where they spill it
   // loses, docs/kernels.md session 13).
   bool prefetch_row = false;
+  // Backward only, with prefetch_row: the thread's weight chunks kept in its
+  // own shared-memory slots (read once per row) instead of registers, which
+  // leaves the two rows' packs of 64-byte threads room in 128 registers.
+  bool weight_in_smem = false;
+  // Backward only: the mapping shifted rows (N not a multiple of the vector)
+  // take instead of the entry's (0: the entry's own), for entries whose
+  // aligned mapping was chosen for the next-row prefetch, which shifted rows
+  // do not do (shifted_backward_config).
+  int shifted_tpr = 0;
+  int shifted_bytes_per_thread = 0;
+  int shifted_cluster = 0;
+  int shifted_min_threads = 0;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of
@@ -70,6 +82,24 @@ constexpr KernelConfig with_part_groups(KernelConfig c, int part_groups) {
 // (see KernelConfig::prefetch_row).
 constexpr KernelConfig with_prefetch(KernelConfig c) {
   c.prefetch_row = true;
+  return c;
+}
+
+// A prefetching backward entry whose weight chunks live in shared memory
+// (see KernelConfig::weight_in_smem).
+constexpr KernelConfig with_smem_weight(KernelConfig c) {
+  c.weight_in_smem = true;
+  return c;
+}
+
+// A backward entry whose shifted rows take another mapping (see
+// KernelConfig::shifted_tpr).
+constexpr KernelConfig with_shifted_mapping(KernelConfig c, int tpr, int bytes_per_thread,
+                                            int cluster, int min_threads) {
+  c.shifted_tpr = tpr;
+  c.shifted_bytes_per_thread = bytes_per_thread;
+  c.shifted_cluster = cluster;
+  c.shifted_min_threads = min_threads;
   return c;
 }
 
@@ -104,6 +134,7 @@ constexpr int kForwardMinThreadsPerSm = 1024;
 // reserved per CTA); sizes the register budget of the row-in-shared-memory
 // kernels.
 constexpr size_t kSharedMemoryPerSm = 228 * 1024;
+constexpr size_t kMaxSharedMemoryPerCta = 227 * 1024;  // opt-in maximum (sm_90)
 constexpr int kBackwardMinThreadsPerSm = 512;
 constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
   const int min_threads = c.min_threads > 0 ? c.min_threads : default_min_threads;
@@ -121,7 +152,10 @@ constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
 // 65 -> 77, 3071 66 -> 80, 6143 62 -> 80, 12287 57 -> 76); rows split over
 // clusters keep their one-pass row-in-shared-memory kernel. The 16-bit
 // backward stages a row ahead (6143 59 -> 65, 12287 50 -> 56; two rows
-// ahead lost from 5001 up).
+// ahead lost from 5001 up), and so do the float32 long-row entries that load
+// their next row into registers instead (weight_in_smem): shifted rows do not
+// prefetch, and those entries staged a row before (session 14). Entries
+// with a shifted mapping (with_shifted_mapping) run shifted rows on it.
 constexpr KernelConfig shifted_forward_config(KernelConfig c, int elem_bytes) {
   if ((c.persistent && !c.row_in_smem) || (c.row_in_smem && c.cluster > 1)) return c;
   c.persistent = true;
@@ -133,7 +167,13 @@ constexpr KernelConfig shifted_forward_config(KernelConfig c, int elem_bytes) {
   return c;
 }
 constexpr KernelConfig shifted_backward_config(KernelConfig c, int elem_bytes) {
-  if (elem_bytes == 2 && c.stages < 1) c.stages = 1;
+  if (c.shifted_tpr > 0) {
+    c.tpr = c.shifted_tpr;
+    c.bytes_per_thread = c.shifted_bytes_per_thread;
+    c.cluster = c.shifted_cluster;
+    c.min_threads = c.shifted_min_threads;
+  }
+  if ((elem_bytes == 2 || c.weight_in_smem) && c.stages < 1) c.stages = 1;
   return c;
 }
 
@@ -318,13 +358,22 @@ inline constexpr KernelConfig kBackwardConfigs16[] = {
     // (tune v18, bf16: N=12288 82.4-82.7 against 82.0-82.3, 16384 82.4-83.2
     // against 81.6-82.4; groups of four at 12288: 79.4-79.6).
     with_prefetch(with_part_groups({24576, 384, 64, 1, 1, 0, 512, true, kAccSmem}, 2)),
-    with_part_groups({32768, 512, 64, 1, 1, 0, 512, true, kAccSmem}, 2),
-    {65536, 512, 64, 1, 2, 0, 512, true, kAccSmem},
-    {131072, 256, 64, 1, 8, 0, 512, true, kAccSmem},
-    {262144, 512, 64, 1, 8, 1, 512, true, kAccSmem},
+    // From 24 KiB the next row is loaded ahead too, with the weight in shared
+    // memory: in registers the two rows spilled at 128 (tune v20, bf16 / fp16
+    // / bf16 with float32 weights: N=16384 82.7 / 83.7 / 85.1% against
+    // 82.6 / 84.4 / 81.0; 65536 79.4 / 77.2 / 74.2 against 72.2 / 72.5 /
+    // 71.3; 262144 63.0 against 53.7-57.7); from 32 KiB on clusters of
+    // 256-thread CTAs, two per SM (N=32768 81.0 / 79.4 / 76.0 against 75.8 /
+    // 76.0 / 75.4 before, 78.1 / 76.9 / 72.6 on the 512-thread pairs; 131072
+    // bf16 / fp16 74.2 / 72.6 against 67.7 / 67.2 staged).
+    with_smem_weight(with_prefetch(
+        with_part_groups({32768, 512, 64, 1, 1, 0, 512, true, kAccSmem}, 2))),
+    with_smem_weight(with_prefetch({65536, 256, 64, 1, 4, 0, 512, true, kAccSmem})),
+    with_smem_weight(with_prefetch({131072, 256, 64, 1, 8, 0, 512, true, kAccSmem})),
+    with_smem_weight(with_prefetch({262144, 256, 64, 1, 16, 0, 512, true, kAccSmem})),
     // 512 KiB rows: a cluster of 16 (tune v17: N=262144 55.1%; the fallback
     // kernel before, in the v16 benchmark, 21.3).
-    {524288, 512, 64, 1, 16, 0, 512, true, kAccSmem},
+    with_smem_weight(with_prefetch({524288, 512, 64, 1, 16, 0, 512, true, kAccSmem})),
 };
 inline constexpr KernelConfig kBackwardConfigs32[] = {
     {16, 1, 16, 128, 1, 1},
@@ -354,16 +403,30 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
     // 83.4, 65536 75.7; v11 table 77.3, 79.9, 84.4, 69.4, 81.5, 78.7, 73.6).
     {20480, 320, 32, 1, 2, 1, 1024, true, kAccSmem},
     {24576, 192, 32, 1, 4, 1, 1024, true, kAccSmem},
-    {32768, 512, 32, 1, 2, 1, 1024, true, kAccSmem},
-    {49152, 192, 32, 1, 8, 1, 1024, true, kAccSmem},
-    {65536, 256, 32, 1, 8, 1, 1024, true, kAccSmem},
-    // 64 bytes per thread at 128 registers (tune v17: N=32768 85.3%, 65536
-    // 79.3; 32 bytes at 1024 threads per SM 84.3, 78.1), and clusters of 16
-    // for 512 KiB-1 MiB rows (N=131072 68.3, 262144 64.9; the fallback
-    // kernel before, in the v16 benchmark, 32.2 and 22.5).
-    {131072, 256, 64, 1, 8, 1, 512, true, kAccSmem},
-    {262144, 512, 64, 1, 8, 1, 512, true, kAccSmem},
-    {524288, 512, 64, 1, 16, 0, 512, true, kAccSmem},
+    // From 24 KiB, 64 bytes per thread at 128 registers (two CTAs per SM up
+    // to 128 KiB) loading the next row ahead, weight in shared memory,
+    // instead of 32-byte threads at 1024 per SM with a row staged (tune v20:
+    // N=8192 88.5% against 87.5, 12288 86.8 against 84.9, 16384 88.0 against
+    // 87.5, 32768 87.9 against 85.4, 65536 85.5 against 79.0, 131072 79.4
+    // against 68.4). Before (tune v17): 64 bytes per thread from 64 KiB
+    // (N=32768 85.3%, 65536 79.3; 32 bytes at 1024 threads per SM 84.3,
+    // 78.1), and clusters of 16 for 512 KiB-1 MiB rows (N=131072 68.3,
+    // 262144 64.9; the fallback kernel before, in the v16 benchmark, 32.2
+    // and 22.5). Shifted rows of 24-64 KiB keep the 32-byte mappings, staged
+    // (v20 benchmark on the 64-byte ones, staged: N=8191 64.4% against 69.0,
+    // 12287 70.0 / 73.4, 14335 74.5 / 78.0).
+    with_shifted_mapping(
+        with_smem_weight(with_prefetch({32768, 256, 64, 1, 2, 0, 512, true, kAccSmem})), 512, 32, 2,
+        1024),
+    with_shifted_mapping(
+        with_smem_weight(with_prefetch({49152, 192, 64, 1, 4, 0, 512, true, kAccSmem})), 192, 32, 8,
+        1024),
+    with_shifted_mapping(
+        with_smem_weight(with_prefetch({65536, 256, 64, 1, 4, 0, 512, true, kAccSmem})), 256, 32, 8,
+        1024),
+    with_smem_weight(with_prefetch({131072, 256, 64, 1, 8, 0, 512, true, kAccSmem})),
+    with_smem_weight(with_prefetch({262144, 512, 64, 1, 8, 0, 512, true, kAccSmem})),
+    with_smem_weight(with_prefetch({524288, 512, 64, 1, 16, 0, 512, true, kAccSmem})),
     {1048576, 512, 128, 1, 16, 0, 512, true, kAccSmem},
 };
 
