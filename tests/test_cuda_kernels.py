@@ -57,6 +57,19 @@ def _boundary_ns(dtype):
     return sorted(n for n in ns if n >= 1)
 
 
+def _check_rows(rows, n, dtype, wdtype=None, **kwargs):
+    """Fresh random rows x n (weights of wdtype, else dtype) through the forward and both
+    backward ops against the float64 reference; a failure names the shape."""
+    wdtype = wdtype or dtype
+    x = make_input((rows, n), dtype, "cuda")
+    w, b = make_params([n], wdtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    try:
+        check_against_reference(x, [n], w, b, g, autograd=False, **kwargs)
+    except AssertionError as e:
+        raise AssertionError(f"N={n}, rows={rows}, {dtype}, weights {wdtype}: {e}") from e
+
+
 def test_cuda_build_present():
     """The extension in use was compiled with its CUDA kernels."""
     assert fastlayernorm.cuda_built(), "fastlayernorm was built without CUDA (FASTLAYERNORM_CUDA=0?)"
@@ -67,14 +80,7 @@ def test_every_size_range(dtype):
     """Each table entry's edges (N = bytes/elem - 1, +0, +1) with few rows, forward
     and both backwards, against the float64 reference."""
     for n in _boundary_ns(dtype):
-        rows = 3 if n > 16384 else 5
-        x = make_input((rows, n), dtype, "cuda")
-        w, b = make_params([n], dtype, "cuda")
-        g = make_grad((rows, n), dtype, "cuda")
-        try:
-            check_against_reference(x, [n], w, b, g, autograd=False)
-        except AssertionError as e:
-            raise AssertionError(f"N={n}, rows={rows}, {dtype}: {e}") from e
+        _check_rows(3 if n > 16384 else 5, n, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -86,13 +92,7 @@ def test_row_counts(dtype, n):
     finishing one (bfloat16 N=2048-8192, float32 N=2048: the last row's next is past
     the end)."""
     for rows in [1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 263, 1000, 2049, 4097]:
-        x = make_input((rows, n), dtype, "cuda")
-        w, b = make_params([n], dtype, "cuda")
-        g = make_grad((rows, n), dtype, "cuda")
-        try:
-            check_against_reference(x, [n], w, b, g, autograd=False, torch_check=rows >= 128)
-        except AssertionError as e:
-            raise AssertionError(f"N={n}, rows={rows}, {dtype}: {e}") from e
+        _check_rows(rows, n, dtype, torch_check=rows >= 128)
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
@@ -105,13 +105,7 @@ def test_long_row_counts(dtype, wdtype, n):
     next past the end; both backwards (the memory-saving one keeps bias in shared memory
     too)."""
     for rows in [2, 7, 8, 9, 15, 16, 17, 32, 33, 34, 65, 66, 67, 133]:
-        x = make_input((rows, n), dtype, "cuda")
-        w, b = make_params([n], wdtype, "cuda")
-        g = make_grad((rows, n), dtype, "cuda")
-        try:
-            check_against_reference(x, [n], w, b, g, autograd=False)
-        except AssertionError as e:
-            raise AssertionError(f"N={n}, rows={rows}, {dtype}/{wdtype}: {e}") from e
+        _check_rows(rows, n, dtype, wdtype)
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
@@ -124,13 +118,7 @@ def test_shifted_rows_many(dtype, wdtype, n):
     (shifted_forward_config / shifted_backward_config), whole partial chunks, weight/bias
     funnel-shifted from their aligned words, and the tensor's last chunk."""
     rows = 4_000_000 // n + 100  # several rows per CTA group of a persistent grid
-    x = make_input((rows, n), dtype, "cuda")
-    w, b = make_params([n], wdtype, "cuda")
-    g = make_grad((rows, n), dtype, "cuda")
-    try:
-        check_against_reference(x, [n], w, b, g, autograd=False, torch_check=wdtype == dtype)
-    except AssertionError as e:
-        raise AssertionError(f"N={n}, rows={rows}, {dtype}, weights {wdtype}: {e}") from e
+    _check_rows(rows, n, dtype, wdtype, torch_check=wdtype == dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
