@@ -89,14 +89,17 @@ def table_configs(direction: str, dtype: str):
             entries.append(buf)
             buf = ""
     for line in entries:
-        # with_shifted_mapping(entry, tpr, bytes, cluster, min_threads): the
-        # mapping of the entry's shifted rows (backward).
+        # with_shifted_mapping(entry, tpr, bytes, cluster, stages, min_threads)
+        # / with_staged_shifted_rows(entry): the mapping of the entry's shifted
+        # rows (backward).
         shifted_map = None
+        staged_shifted = line.startswith("with_staged_shifted_rows(")
+        if staged_shifted:
+            line = line[len("with_staged_shifted_rows("):-1]
         if line.startswith("with_shifted_mapping("):
             inner, _, tail = line[len("with_shifted_mapping("):].rpartition("}")
-            args = [int(v) for v in tail.strip(" ),").split(",")[-4:]]
-            line = inner + "}" + tail[:tail.index(",")] if "," in tail else inner + "}"
-            shifted_map = tuple(args)
+            shifted_map = tuple(int(v) for v in tail.strip(" ),").split(",")[-5:])
+            line = inner + "}" + tail[:tail.index(",")]
         m = re.match(r"row_in_smem_entry\(([^)]*)\)", line)
         if m:
             f = [int(words.get(v.strip(), v.strip() or 0)) for v in m.group(1).split(",")]
@@ -123,6 +126,8 @@ def table_configs(direction: str, dtype: str):
                     else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0)
                     | (64 if smem_weight else 0))
             cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag)
+            if staged_shifted:
+                shifted_map = (tpr, bpt, cluster, 1, min_threads)
             out.append((mx, cfg) if shifted_map is None else (mx, cfg, shifted_map))
     assert out, f"no entries parsed from {name}"
     return out
@@ -130,13 +135,13 @@ def table_configs(direction: str, dtype: str):
 
 def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = False):
     """The table's entry for rows of row_bytes, as a candidate ([] beyond the table);
-    for shifted rows of a backward entry with a shifted mapping, that mapping (one row
-    staged ahead, no prefetch, as shifted_backward_config makes it)."""
+    for shifted rows of a backward entry with a shifted mapping, that mapping (no
+    prefetch, no partial groups, as shifted_backward_config makes it)."""
     for mx, cfg, *shifted_map in table_configs(direction, dtype):
         if row_bytes <= mx:
             if shifted and shifted_map:
-                tpr, bpt, cluster, min_threads = shifted_map[0]
-                cfg = (tpr, bpt, cfg[2], cluster, max(cfg[4], 1), min_threads, cfg[6] & 1)
+                tpr, bpt, cluster, stages, min_threads = shifted_map[0]
+                cfg = (tpr, bpt, cfg[2], cluster, stages, min_threads, cfg[6] & 1)
             return [cfg]
     return []
 

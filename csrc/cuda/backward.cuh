@@ -55,6 +55,14 @@ constexpr size_t backward_smem_bytes() {
   return staged + acc + params;
 }
 
+// Whether a backward kernel loads its next row into registers ahead
+// (PREFETCH): not when it stages rows in shared memory, nor for shifted rows
+// (staged, weight chunks off 16-byte boundaries). The launcher sizes shared
+// memory with it.
+constexpr bool backward_prefetches(bool prefetch_row, int stages, bool shifted) {
+  return prefetch_row && stages == 0 && !shifted;
+}
+
 // The end of a backward kernel with partial groups: the PART_GROUPS CTAs of
 // a hardware cluster that hold the same columns (ranks c, c + CLUSTER, ...)
 // add their accumulators ([2][ITEMS][VEC / 4][cta_threads] float4 in shared
@@ -133,8 +141,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // shared memory) or, PARAMS_SMEM, in shared memory. For entries with
   // registers to spare (168 per thread, or 32-byte threads at 128; 64-byte
   // threads at 128 with PARAMS_SMEM): where the two rows spill it loses. Not
-  // for shifted rows (staged, weight chunks off 16-byte boundaries).
-  constexpr bool kPrefetch = PREFETCH && STAGES == 0 && !SHIFTED;
+  // for staged or shifted rows (backward_prefetches).
+  constexpr bool kPrefetch = backward_prefetches(PREFETCH, STAGES, SHIFTED);
   static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
   // PARAMS_SMEM (prefetching kernels only): the thread's weight (and bias)
   // chunks in its own shared-memory slots after the accumulators, read once

@@ -61,13 +61,14 @@ struct KernelConfig {
   // own shared-memory slots (read once per row) instead of registers, which
   // leaves the two rows' packs of 64-byte threads room in 128 registers.
   bool weight_in_smem = false;
-  // Backward only: the mapping shifted rows (N not a multiple of the vector)
-  // take instead of the entry's (0: the entry's own), for entries whose
-  // aligned mapping was chosen for the next-row prefetch, which shifted rows
-  // do not do (shifted_backward_config).
+  // Backward only: the mapping and staging shifted rows (N not a multiple of
+  // the vector) take instead of the entry's (shifted_tpr 0: the entry's own),
+  // for entries whose aligned rows load their next row ahead, which shifted
+  // rows do not do (shifted_backward_config).
   int shifted_tpr = 0;
   int shifted_bytes_per_thread = 0;
   int shifted_cluster = 0;
+  int shifted_stages = 0;
   int shifted_min_threads = 0;
 };
 
@@ -92,15 +93,22 @@ constexpr KernelConfig with_smem_weight(KernelConfig c) {
   return c;
 }
 
-// A backward entry whose shifted rows take another mapping (see
+// A backward entry whose shifted rows take another mapping and staging (see
 // KernelConfig::shifted_tpr).
 constexpr KernelConfig with_shifted_mapping(KernelConfig c, int tpr, int bytes_per_thread,
-                                            int cluster, int min_threads) {
+                                            int cluster, int stages, int min_threads) {
   c.shifted_tpr = tpr;
   c.shifted_bytes_per_thread = bytes_per_thread;
   c.shifted_cluster = cluster;
+  c.shifted_stages = stages;
   c.shifted_min_threads = min_threads;
   return c;
+}
+
+// A backward entry whose shifted rows take its mapping with one row staged
+// ahead (its aligned rows load the next row into registers instead).
+constexpr KernelConfig with_staged_shifted_rows(KernelConfig c) {
+  return with_shifted_mapping(c, c.tpr, c.bytes_per_thread, c.cluster, 1, c.min_threads);
 }
 
 // A one-pass forward entry whose weight/bias chunks are loaded from L1/L2
@@ -152,10 +160,8 @@ constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
 // 65 -> 77, 3071 66 -> 80, 6143 62 -> 80, 12287 57 -> 76); rows split over
 // clusters keep their one-pass row-in-shared-memory kernel. The 16-bit
 // backward stages a row ahead (6143 59 -> 65, 12287 50 -> 56; two rows
-// ahead lost from 5001 up), and so do the float32 long-row entries that load
-// their next row into registers instead (weight_in_smem): shifted rows do not
-// prefetch, and those entries staged a row before (session 14). Entries
-// with a shifted mapping (with_shifted_mapping) run shifted rows on it.
+// ahead lost from 5001 up). Entries with a shifted mapping
+// (with_shifted_mapping, with_staged_shifted_rows) run shifted rows on it.
 constexpr KernelConfig shifted_forward_config(KernelConfig c, int elem_bytes) {
   if ((c.persistent && !c.row_in_smem) || (c.row_in_smem && c.cluster > 1)) return c;
   c.persistent = true;
@@ -171,9 +177,10 @@ constexpr KernelConfig shifted_backward_config(KernelConfig c, int elem_bytes) {
     c.tpr = c.shifted_tpr;
     c.bytes_per_thread = c.shifted_bytes_per_thread;
     c.cluster = c.shifted_cluster;
+    c.stages = c.shifted_stages;
     c.min_threads = c.shifted_min_threads;
   }
-  if ((elem_bytes == 2 || c.weight_in_smem) && c.stages < 1) c.stages = 1;
+  if (elem_bytes == 2 && c.stages < 1) c.stages = 1;
   return c;
 }
 
@@ -412,21 +419,25 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
     // (N=32768 85.3%, 65536 79.3; 32 bytes at 1024 threads per SM 84.3,
     // 78.1), and clusters of 16 for 512 KiB-1 MiB rows (N=131072 68.3,
     // 262144 64.9; the fallback kernel before, in the v16 benchmark, 32.2
-    // and 22.5). Shifted rows of 24-64 KiB keep the 32-byte mappings, staged
-    // (v20 benchmark on the 64-byte ones, staged: N=8191 64.4% against 69.0,
-    // 12287 70.0 / 73.4, 14335 74.5 / 78.0).
+    // and 22.5). Shifted rows, which do not load ahead, are staged: on the
+    // 32-byte mappings of 24-64 KiB rows they had (v20 benchmark on the
+    // 64-byte ones, staged: N=8191 64.4% against 69.0, 12287 70.0 / 73.4,
+    // 14335 74.5 / 78.0), on the entry's own mapping beyond (as before v20).
     with_shifted_mapping(
         with_smem_weight(with_prefetch({32768, 256, 64, 1, 2, 0, 512, true, kAccSmem})), 512, 32, 2,
-        1024),
+        1, 1024),
     with_shifted_mapping(
         with_smem_weight(with_prefetch({49152, 192, 64, 1, 4, 0, 512, true, kAccSmem})), 192, 32, 8,
-        1024),
+        1, 1024),
     with_shifted_mapping(
         with_smem_weight(with_prefetch({65536, 256, 64, 1, 4, 0, 512, true, kAccSmem})), 256, 32, 8,
-        1024),
-    with_smem_weight(with_prefetch({131072, 256, 64, 1, 8, 0, 512, true, kAccSmem})),
-    with_smem_weight(with_prefetch({262144, 512, 64, 1, 8, 0, 512, true, kAccSmem})),
-    with_smem_weight(with_prefetch({524288, 512, 64, 1, 16, 0, 512, true, kAccSmem})),
+        1, 1024),
+    with_staged_shifted_rows(
+        with_smem_weight(with_prefetch({131072, 256, 64, 1, 8, 0, 512, true, kAccSmem}))),
+    with_staged_shifted_rows(
+        with_smem_weight(with_prefetch({262144, 512, 64, 1, 8, 0, 512, true, kAccSmem}))),
+    with_staged_shifted_rows(
+        with_smem_weight(with_prefetch({524288, 512, 64, 1, 16, 0, 512, true, kAccSmem}))),
     {1048576, 512, 128, 1, 16, 0, 512, true, kAccSmem},
 };
 

@@ -443,11 +443,11 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   constexpr int kPartGroups = kShifted ? 1 : c.part_groups;
   constexpr int kHwCluster = c.cluster * kPartGroups;  // CTAs of a hardware cluster
   // Weight in shared memory: a prefetching kernel's option (its shifted and
-  // staged variants do not prefetch: backward.cuh kPrefetch), where it fits
-  // beside the accumulators (float32 weight and bias of the memory-saving
-  // kernels may not: those keep them in registers).
+  // staged variants do not prefetch), where it fits beside the accumulators
+  // (float32 weight and bias of the memory-saving kernels may not: those
+  // keep them in registers).
   constexpr bool kParamsSmem =
-      c.weight_in_smem && c.prefetch_row && c.stages == 0 && !kShifted &&
+      c.weight_in_smem && backward_prefetches(c.prefetch_row, c.stages, kShifted) &&
       backward_smem_bytes<T, G, W, kItems, cta_threads(c), c.stages, c.acc_in_smem, true,
                           kFromOutput>() <= kMaxSharedMemoryPerCta;
   auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster, kPartGroups,
