@@ -78,9 +78,9 @@ for case in args.cases.split(","):
                     "copy_bytes": 2 * src.numel() * elem})
         del x, w, b, src, dst
         torch.cuda.empty_cache()
-    # Least squares t = a + bytes * c over the sizes.
-    xs = [p["bytes"] for p in pts]
-    for key in ("ms", "copy_ms"):
+    # Least squares t = a + bytes * c over the sizes (each timing over the bytes it moves).
+    for key, bkey in (("ms", "bytes"), ("copy_ms", "copy_bytes")):
+        xs = [p[bkey] for p in pts]
         ys = [p[key] for p in pts]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         c = sum((xi - mx) * (yi - my) for xi, yi in zip(xs, ys)) / sum((xi - mx) ** 2 for xi in xs)
@@ -88,7 +88,7 @@ for case in args.cases.split(","):
         pts_fit = {"fixed_us": a * 1e3, "rate_GBps": 1e-6 / c}
         results.append({"case": case, "what": key, **pts_fit, "points": pts})
         print(f"{case:18s} {key:8s} fixed {a * 1e3:6.2f} us  rate {1e-6 / c:7.1f} GB/s  "
-              + "  ".join(f"2^{p['log2']}: {p['bytes'] / p[key] * 1e-6:6.1f}" for p in pts),
+              + "  ".join(f"2^{p['log2']}: {p[bkey] / p[key] * 1e-6:6.1f}" for p in pts),
               flush=True)
     for p in pts:
         print(f"   2^{p['log2']}: call / same-bytes copy = {p['copy_ms'] / p['ms'] * 100:5.1f}%")
