@@ -44,7 +44,7 @@ constexpr int staged_slots() {
 // (PARAMS_SMEM) the thread's weight (and, FROM_OUTPUT, bias) chunks,
 // [1 or 2][ITEMS][threads] packs of W.
 template <typename T, typename G, typename W, int ITEMS, int THREADS, int STAGES, bool ACC_SMEM,
-          bool PARAMS_SMEM = false, bool FROM_OUTPUT = false>
+          bool PARAMS_SMEM, bool FROM_OUTPUT>
 constexpr size_t backward_smem_bytes() {
   constexpr int kVec = 16 / sizeof(T);
   const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16 * staged_slots<T, G>();
@@ -144,13 +144,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // for staged or shifted rows (backward_prefetches).
   constexpr bool kPrefetch = backward_prefetches(PREFETCH, STAGES, SHIFTED);
   static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
-  // PARAMS_SMEM (prefetching kernels only): the thread's weight (and bias)
-  // chunks in its own shared-memory slots after the accumulators, read once
-  // per row chunk by chunk, instead of registers: the two rows' packs of a
-  // 64-byte thread fit 128 registers (held in registers they spilled, v19).
-  // Written and read by the same thread only: no barrier.
-  constexpr bool kParamsSmem = PARAMS_SMEM && kPrefetch;
-  static_assert(!PARAMS_SMEM || PREFETCH, "weight in shared memory is a prefetching kernel's option");
+  // PARAMS_SMEM (prefetching kernels only; the launcher decides where it
+  // fits): the thread's weight (and bias) chunks in its own shared-memory
+  // slots after the accumulators, read once per row chunk by chunk, instead
+  // of registers: the two rows' packs of a 64-byte thread fit 128 registers
+  // (held in registers they spilled, v19). Written and read by the same
+  // thread only: no barrier.
+  static_assert(!PARAMS_SMEM || kPrefetch, "weight in shared memory is a prefetching kernel's option");
   static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
                 "partial groups add the accumulators in shared memory of one-row CTAs, "
                 "whose threads hold the same columns in every CTA (no shifted rows)");
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // The prefetching kernel keeps packs too (kKeepPacks), not its weight.
   constexpr int kRegisterCap = 65536 / (kThreads * MIN_CTAS) / 8 * 8;
   constexpr bool kParamsFromL1 =
-      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED && !kParamsSmem;
+      sizeof(T) == 2 && ITEMS * VEC >= 16 && kRegisterCap <= 64 && !SHIFTED && !PARAMS_SMEM;
   constexpr bool kKeepPacks = kParamsFromL1 || kPrefetch;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
   __shared__ typename Reducer::Storage reduce_storage;
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     if (has_w) wv[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
     if (FROM_OUTPUT && has_b) bv[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
   };
-  if constexpr (!kParamsFromL1 && !kParamsSmem) {
+  if constexpr (!kParamsFromL1 && !PARAMS_SMEM) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) load_params(i);
   }
@@ -214,14 +214,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // slots in shared memory (ACC_SMEM; no barrier: no other thread reads them).
   float dw_acc[ITEMS][VEC], db_acc[ITEMS][VEC];
   float4* const acc_smem = reinterpret_cast<float4*>(staging + STAGES * kStageSlots);
-  // kParamsSmem: [weight, bias][ITEMS][kThreads] packs after the accumulators,
+  // PARAMS_SMEM: [weight, bias][ITEMS][kThreads] packs after the accumulators,
   // loaded once.
   Pack<W, VEC>* const params_smem =
       reinterpret_cast<Pack<W, VEC>*>(acc_smem + 2 * ITEMS * (VEC / 4) * kThreads);
   auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
     return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
   };
-  if constexpr (kParamsSmem) {
+  if constexpr (PARAMS_SMEM) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       load_params(i);
@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     // x_hat, dy and w*dy of chunk i as floats, from the row's packs.
     auto widen = [&](int i, float(&xh_i)[VEC], float(&g)[VEC], float(&wg_i)[VEC]) {
       if constexpr (kParamsFromL1) load_params(i);
-      if constexpr (kParamsSmem) {
+      if constexpr (PARAMS_SMEM) {
         wv[i] = param_slot(0, i);
         if constexpr (FROM_OUTPUT) bv[i] = param_slot(1, i);
       }
