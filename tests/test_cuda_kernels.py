@@ -189,6 +189,19 @@ def test_large_rows(dtype, n):
         g = make_grad((rows, n), dtype, "cuda")
         check_against_reference(x, [n], w, b, g)
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1000, 4099, 16384])
+def test_param_grads_over_partial_row_counts(dtype, n):
+    """dweight/dbias for row counts that give the finalize kernel 1 to a few hundred partial
+    rows: fewer slices than 32, a last batch of loads partly past the last partial row, and
+    (16384) its 16-byte loads."""
+    for rows in (1, 2, 5, 13, 33, 67, 131, 257, 600):
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], dtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        check_against_reference(x, [n], w, b, g)
+
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows,n", [(2**17, 64), (2**16 + 3, 64), (100_003, 8), (2**15, 4)])

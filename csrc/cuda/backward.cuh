@@ -10,6 +10,8 @@
 // bitwise deterministic.
 #pragma once
 
+#include <algorithm>
+
 #include "device_utils.cuh"
 #include "kernel_config.h"
 
@@ -545,14 +547,38 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   reducer.finish();  // clusters: when this CTA may exit (device_utils.cuh)
 }
 
-// Sums the partial rows column by column: a CTA takes 32 x VEC columns,
-// threadIdx.y every 32nd partial row, then the 32 sums are added in order.
-// Fixed order: deterministic. VEC = 4 (16-byte loads) for long rows of N a
+// Sums the partial rows column by column: a CTA takes 32 x VEC columns and
+// blockDim.y slices, slice s the partial rows s, s + slices, ..., then the
+// slices' sums are added in order. Fixed order for a given number of
+// partial rows: deterministic. VEC = 4 (16-byte loads) for long rows of N a
 // multiple of 4, where the grid still has a CTA for every SM. Launched as a
 // programmatic dependent of the backward kernel (launch_dwdb_finalize).
 constexpr int kFinalizeCols = 32;
-constexpr int kFinalizeSlices = 32;
+constexpr int kFinalizeMaxSlices = 32;
 constexpr int kFinalizeWideMinCols = 16384;
+// Partial rows a thread loads together before adding them: 16 registers of
+// loads (dweight and dbias, 8 rows of one column or 2 of four), which keeps
+// the kernel at 32 registers, two 1024-thread CTAs per SM (at one, the
+// grids of 133-264 CTAs, N = 4257-8448, ran in two waves: -1 point).
+template <int VEC>
+constexpr int finalize_batch() {
+  return VEC == 1 ? 8 : 2;
+}
+// Slices for `parts` partial rows: as many as give each thread one batch of
+// loads, up to 32. After the backward kernel every load is an L2 round trip
+// on the critical path: a thread holding more rows than a batch waited for
+// one round trip per batch (and before, per row beyond whole batches); 32
+// slices of one or two rows at 16-33 partial rows (the 64-256 KiB rows'
+// clusters) made CTAs of 1024 threads, half of them idle, in 2-4 waves.
+inline int finalize_slices(int64_t parts, int vec) {
+  const int64_t batch = vec == 1 ? finalize_batch<1>() : finalize_batch<4>();
+  return static_cast<int>(std::clamp<int64_t>((parts + batch - 1) / batch, 1, kFinalizeMaxSlices));
+}
+// Dynamic shared memory of a finalize CTA: each slice's sums of dweight and
+// of dbias for the CTA's columns (+1 column against bank conflicts).
+constexpr size_t finalize_smem_bytes(int slices, int vec) {
+  return static_cast<size_t>(2 * slices * (kFinalizeCols * vec + 1)) * sizeof(float);
+}
 
 // VEC columns of a partial row, read once: through L2 only (cg), never from
 // an L1 line older than the backward kernel, which may still have been
@@ -568,19 +594,18 @@ __device__ __forceinline__ void load_partial(const float* ptr, float (&v)[VEC]) 
 }
 
 template <typename W, int VEC>
-__global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
+__global__ void __launch_bounds__(kFinalizeCols * kFinalizeMaxSlices, 2)
     ln_dwdb_finalize_kernel(const float* __restrict__ part_dw,
                             const float* __restrict__ part_db, int64_t parts,
                             int n, W* dw, W* db) {
   static_assert(VEC == 1 || VEC == 4, "columns per thread: one, or a 16-byte vector");
   constexpr int kCtaCols = kFinalizeCols * VEC;
-  // Partial rows loaded together before they are added (in row order): a
-  // thread takes parts / 32 rows, 4-16 at N <= 8192, and a loop adding each
-  // load as it arrives waited one L2 round trip per row. 16 registers of
-  // loads either way (8 rows of one column, 2 rows of four).
-  constexpr int kBatch = VEC == 1 ? 8 : 2;
-  __shared__ float s_dw[kFinalizeSlices][kCtaCols + 1];
-  __shared__ float s_db[kFinalizeSlices][kCtaCols + 1];
+  constexpr int kBatch = finalize_batch<VEC>();
+  const int slices = blockDim.y;
+  extern __shared__ float finalize_sums[];  // [2][slices][kCtaCols + 1]
+  auto sum_slot = [&](int tensor, int slice, int c) -> float& {
+    return finalize_sums[(tensor * slices + slice) * (kCtaCols + 1) + c];
+  };
   const int cta_col = blockIdx.x * kCtaCols;
   const int col = cta_col + threadIdx.x * VEC;  // VEC == 4: n % 4 == 0, all in or all out
   float a[VEC], b[VEC];
@@ -588,42 +613,57 @@ __global__ void __launch_bounds__(kFinalizeCols * kFinalizeSlices)
   for (int k = 0; k < VEC; ++k) a[k] = b[k] = 0.f;
   wait_for_prior_grid();  // the backward kernel's partial rows
   if (col < n) {
-    const float* pw = part_dw + col;
-    const float* pb = part_db + col;
-    int64_t r = threadIdx.y;
-    for (; r + (kBatch - 1) * kFinalizeSlices < parts; r += kBatch * kFinalizeSlices) {
+    // The thread's partial rows threadIdx.y, + slices, ..., in batches whose
+    // loads are all requested before any is added (in row order): whole
+    // batches, then one of the rows left (the rest zeros). Pointers stepping
+    // by a fixed stride, whole batches without predicates: with few CTAs
+    // (short rows, many partial rows) the finalize is bound by instruction
+    // issue (a 64-bit row * n product per load cost ~1 us, predicates on
+    // every batch ~1 us at N = 128).
+    const size_t step = static_cast<size_t>(slices) * n;  // from one of the thread's rows to the next
+    const float* pw = part_dw + threadIdx.y * static_cast<size_t>(n) + col;
+    const float* pb = part_db + threadIdx.y * static_cast<size_t>(n) + col;
+    auto add_batch = [&](int valid) {  // the batch's first `valid` rows
       float u[kBatch][VEC], v[kBatch][VEC];
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
-        load_partial(pw + (r + j * kFinalizeSlices) * n, u[j]);
-        load_partial(pb + (r + j * kFinalizeSlices) * n, v[j]);
+        if (j < valid) {
+          load_partial(pw + j * step, u[j]);
+          load_partial(pb + j * step, v[j]);
+        } else {  // zeros, which add nothing
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) u[j][k] = v[j][k] = 0.f;
+        }
       }
 #pragma unroll
       for (int j = 0; j < kBatch; ++j) {
 #pragma unroll
         for (int k = 0; k < VEC; ++k) a[k] += u[j][k], b[k] += v[j][k];
       }
+    };
+    // Rows from the thread's first on (threadIdx.y < slices <= parts).
+    const int rows = static_cast<int>(parts) - threadIdx.y;
+    int r0 = 0;
+#pragma unroll 1
+    for (; r0 + (kBatch - 1) * slices < rows;
+         r0 += kBatch * slices, pw += kBatch * step, pb += kBatch * step) {
+      add_batch(kBatch);
     }
-    for (; r < parts; r += kFinalizeSlices) {
-      float u[VEC], v[VEC];
-      load_partial(pw + r * n, u);
-      load_partial(pb + r * n, v);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) a[k] += u[k], b[k] += v[k];
-    }
+    if (r0 < rows) add_batch((rows - r0 + slices - 1) / slices);
   }
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    s_dw[threadIdx.y][threadIdx.x * VEC + k] = a[k];
-    s_db[threadIdx.y][threadIdx.x * VEC + k] = b[k];
+    sum_slot(0, threadIdx.y, threadIdx.x * VEC + k) = a[k];
+    sum_slot(1, threadIdx.y, threadIdx.x * VEC + k) = b[k];
   }
   __syncthreads();
-  const int c = threadIdx.y * kFinalizeCols + threadIdx.x;  // a column of the CTA
-  if (c < kCtaCols && cta_col + c < n) {
+  for (int c = threadIdx.y * kFinalizeCols + threadIdx.x; c < kCtaCols;
+       c += kFinalizeCols * slices) {  // a column of the CTA
+    if (cta_col + c >= n) break;
     float sa = 0.f, sb = 0.f;
-    for (int s = 0; s < kFinalizeSlices; ++s) {
-      sa += s_dw[s][c];
-      sb += s_db[s][c];
+    for (int s = 0; s < slices; ++s) {
+      sa += sum_slot(0, s, c);
+      sb += sum_slot(1, s, c);
     }
     if (dw) dw[cta_col + c] = static_cast<W>(sa);
     if (db) db[cta_col + c] = static_cast<W>(sb);
