@@ -189,6 +189,7 @@ def test_large_rows(dtype, n):
         g = make_grad((rows, n), dtype, "cuda")
         check_against_reference(x, [n], w, b, g)
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n", [1000, 4099, 16384])
 def test_param_grads_over_partial_row_counts(dtype, n):
@@ -200,7 +201,6 @@ def test_param_grads_over_partial_row_counts(dtype, n):
         w, b = make_params([n], dtype, "cuda")
         g = make_grad((rows, n), dtype, "cuda")
         check_against_reference(x, [n], w, b, g)
-
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -566,18 +566,18 @@ constexpr int finalize_batch() {
 }
 // Slices for `parts` partial rows: as many as give each thread one batch of
 // loads, up to 32. After the backward kernel every load is an L2 round trip
-// on the critical path: a thread holding more rows than a batch waited for
-// one round trip per batch (and before, per row beyond whole batches); 32
-// slices of one or two rows at 16-33 partial rows (the 64-256 KiB rows'
-// clusters) made CTAs of 1024 threads, half of them idle, in 2-4 waves.
-inline int finalize_slices(int64_t parts, int vec) {
-  const int64_t batch = vec == 1 ? finalize_batch<1>() : finalize_batch<4>();
-  return static_cast<int>(std::clamp<int64_t>((parts + batch - 1) / batch, 1, kFinalizeMaxSlices));
+// on the critical path, one per batch a thread holds; always 32 slices left
+// 1024-thread CTAs half idle at the 16-33 partial rows of 64-256 KiB rows.
+template <int VEC>
+int finalize_slices(int64_t parts) {
+  constexpr int64_t kBatch = finalize_batch<VEC>();
+  return static_cast<int>(std::clamp<int64_t>((parts + kBatch - 1) / kBatch, 1, kFinalizeMaxSlices));
 }
 // Dynamic shared memory of a finalize CTA: each slice's sums of dweight and
 // of dbias for the CTA's columns (+1 column against bank conflicts).
-constexpr size_t finalize_smem_bytes(int slices, int vec) {
-  return static_cast<size_t>(2 * slices * (kFinalizeCols * vec + 1)) * sizeof(float);
+template <int VEC>
+constexpr size_t finalize_smem_bytes(int slices) {
+  return static_cast<size_t>(2 * slices * (kFinalizeCols * VEC + 1)) * sizeof(float);
 }
 
 // VEC columns of a partial row, read once: through L2 only (cg), never from

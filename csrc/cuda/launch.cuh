@@ -408,22 +408,30 @@ bool launch_forward_upcast(const ForwardArgs& a) {
 
 // Launches ln_dwdb_finalize_kernel over `parts` partial rows of `cols`
 // columns, finalize_slices() slices per CTA: 16-byte loads (VEC = 4) for
-// rows of at least kFinalizeWideMinCols columns, a multiple of 4. On Hopper as a programmatic
-// dependent launch: its launch overlaps the end of the backward kernel
-// before it (whose CTAs allow it once past their rows), and its CTAs wait
-// for that kernel in the kernel (wait_for_prior_grid) instead of in the
-// stream; elsewhere an ordinary launch (the wait is then a no-op).
+// rows of at least kFinalizeWideMinCols columns, a multiple of 4. On Hopper
+// as a programmatic dependent launch: its launch overlaps the end of the
+// backward kernel before it (whose CTAs allow it once past their rows), and
+// its CTAs wait for that kernel in the kernel (wait_for_prior_grid) instead
+// of in the stream; elsewhere an ordinary launch (the wait is then a no-op).
+template <typename W, int VEC>
+void launch_dwdb_finalize_vec(const float* part_dw, const float* part_db, int64_t parts, int cols,
+                              W* dw, W* db, cudaStream_t stream) {
+  const int slices = finalize_slices<VEC>(parts);
+  LaunchConfig launch(dim3(static_cast<unsigned>(ceil_div(cols, kFinalizeCols * VEC))),
+                      dim3(kFinalizeCols, slices), finalize_smem_bytes<VEC>(slices), stream);
+  if (hopper_launch_features()) launch.set_programmatic_serialization();
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, ln_dwdb_finalize_kernel<W, VEC>, part_dw,
+                                    part_db, parts, cols, dw, db));
+}
+
 template <typename W>
 void launch_dwdb_finalize(const float* part_dw, const float* part_db, int64_t parts, int cols,
                           W* dw, W* db, cudaStream_t stream) {
-  const bool wide = cols % 4 == 0 && cols >= kFinalizeWideMinCols;
-  const int vec = wide ? 4 : 1;
-  auto kernel = wide ? ln_dwdb_finalize_kernel<W, 4> : ln_dwdb_finalize_kernel<W, 1>;
-  const int slices = finalize_slices(parts, vec);
-  LaunchConfig launch(dim3(static_cast<unsigned>(ceil_div(cols, kFinalizeCols * vec))),
-                      dim3(kFinalizeCols, slices), finalize_smem_bytes(slices, vec), stream);
-  if (hopper_launch_features()) launch.set_programmatic_serialization();
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, part_dw, part_db, parts, cols, dw, db));
+  if (cols % 4 == 0 && cols >= kFinalizeWideMinCols) {
+    launch_dwdb_finalize_vec<W, 4>(part_dw, part_db, parts, cols, dw, db, stream);
+  } else {
+    launch_dwdb_finalize_vec<W, 1>(part_dw, part_db, parts, cols, dw, db, stream);
+  }
 }
 
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
