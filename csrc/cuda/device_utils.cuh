@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fastlayernorm::cuda {
 
@@ -250,6 +251,59 @@ __device__ __forceinline__ void cluster_wait() {
 #endif
 }
 
+// Distributed shared memory through mbarriers (sm_90): a value stored into
+// a peer CTA's shared memory with st.async completes its bytes on that CTA's
+// mbarrier, whose phase completes once the bytes it expects have landed. No
+// cluster barrier and no fence on the way: barrier.cluster.arrive's release
+// (cluster.sync()) is a MEMBAR.ALL.GPU, which waits until every load and
+// store the thread has in flight is done (the next row's prefetch, the last
+// row's dx), once per row reduction.
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The address of CTA `rank`'s copy of a shared-memory location of this CTA.
+__device__ __forceinline__ uint32_t peer_shared_address(uint32_t local, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+// An mbarrier whose phases complete on one arrival and the bytes it expects;
+// initialized before the cluster barrier its peers wait at before storing.
+__device__ __forceinline__ void mbarrier_init_for_cluster(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_expect_bytes(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)),
+               "r"(bytes)
+               : "memory");
+}
+// Until the phase of `bar` with this parity has completed. The default
+// (CTA-scope) acquire, as for bytes that TMA lands: the bytes are in this
+// CTA's shared memory, which no cache holds; at cluster scope the wait also
+// invalidates the L1 (CCTL.IVALL), where the forward keeps weight and bias.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(shared_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+// v into CTA `rank`'s copy of *local, completing 8 bytes on its copy of *bar.
+__device__ __forceinline__ void store_to_peer(float2* local, uint64_t* bar, uint32_t rank, float2 v) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n" ::"r"(
+          peer_shared_address(shared_address(local), rank)),
+      "f"(v.x), "f"(v.y), "r"(peer_shared_address(shared_address(bar), rank))
+      : "memory");
+}
+#endif
+
 // Programmatic dependent launch (sm_90): a kernel launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization may start while the
 // kernel before it in the stream is still running; it waits here, before
@@ -269,38 +323,63 @@ __device__ __forceinline__ void allow_dependent_launch() {
 
 // Sums a value over the TPR threads that share a row (ROWS rows per CTA), or
 // over CLUSTER CTAs of a cluster holding one row (consecutive ranks of a
-// hardware cluster, which may hold several such rows' CTAs: then all of its
-// CTAs take part in every reduction's barrier). Every thread of the row
-// gets the same total, summed in a fixed order (deterministic). Shared slots
-// alternate between two buffers, so one barrier per reduction suffices: a
-// slot is rewritten only after everyone passed the barrier in between.
-template <int TPR, int ROWS, int CLUSTER, typename V>
+// hardware cluster). Every thread of the row gets the same total, summed in
+// a fixed order (deterministic). Shared slots alternate between two
+// buffers, so one CTA barrier per reduction suffices: a slot is rewritten
+// only after everyone passed the barrier in between. A cluster's CTAs
+// exchange their totals through a cluster barrier, or with ASYNC_EXCHANGE
+// through mbarriers (store_to_peer): for kernels that hold loads in flight
+// across the reduction (the backward's next row), which the cluster
+// barrier's fence waited for. Kernels that stage their rows with cp.async
+// measured slower with the mbarriers (docs/kernels.md, session 17).
+template <int TPR, int ROWS, int CLUSTER, typename V, bool ASYNC_EXCHANGE = false>
 struct RowReducer {
   static_assert(CLUSTER == 1 || ROWS == 1, "a cluster holds one row");
   static constexpr int kWarpsPerRow = TPR > kWarpSize ? TPR / kWarpSize : 1;
+  static constexpr bool kAsync = CLUSTER > 1 && ASYNC_EXCHANGE;
+  static_assert(!kAsync || std::is_same_v<V, float2>,
+                "mbarrier exchanges move float2 (store_to_peer)");
   // Lives in shared memory; one per CTA.
-  struct Storage {
+  struct LocalStorage {
+    V warp_part[2][ROWS][kWarpsPerRow];
+    V cluster_part[2][CLUSTER];
+  };
+  struct ClusterStorage {
     V warp_part[2][ROWS][kWarpsPerRow];
     V cluster_part[2][CLUSTER];  // the CTA totals of a cluster, by rank
+    uint64_t landed[2];          // mbarriers: cluster_part[p] holds every rank's total
   };
+  using Storage = std::conditional_t<kAsync, ClusterStorage, LocalStorage>;
 
   Storage& storage;
   int parity = 0;  // per thread, in registers
-  // Cluster: a CTA's slots may be written by its peers only once it runs.
-  // Each CTA signals that it has started (a relaxed cluster arrive) when it
-  // builds its reducer and waits for its peers' signals before its first
-  // remote store, so the wait is normally over by then.
+  // kAsync: reductions so far (landed[p]'s phase to wait for: (uses >> 1) & 1).
+  int uses = 0;
+  // Cluster: a CTA's slots may be written by its peers only once it runs
+  // (and, kAsync, has initialized its mbarriers). Each CTA signals that (a
+  // relaxed cluster arrive, after the mbarrier-init fence) when it builds its
+  // reducer and waits for its peers' signals before its first remote store,
+  // so the wait is normally over by then.
   bool peers_started = false;
 
   __device__ __forceinline__ explicit RowReducer(Storage& s) : storage(s) {
+    if constexpr (kAsync) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if (threadIdx.x == 0) {
+        mbarrier_init_for_cluster(&s.landed[0]);
+        mbarrier_init_for_cluster(&s.landed[1]);
+      }
+#endif
+    }
     if constexpr (CLUSTER > 1) cluster_arrive_relaxed();
   }
 
-  // Every thread of the kernel calls this last. Peers only store into a
-  // CTA's slots, each store before the barrier of its reduction, so once a
-  // CTA has passed its last reduction's barrier nothing touches its shared
-  // memory any more and it may exit; a CTA that reduced nothing completes
-  // the wait that pairs with its first arrive.
+  // Every thread of the kernel calls this last. Each peer stores into a
+  // CTA's slots once per reduction, before the cluster barrier of that
+  // reduction (or, kAsync, landing before its mbarrier phase completes), so
+  // once a CTA is past its last reduction nothing touches its shared memory
+  // any more and it may exit; a CTA that reduced nothing completes the wait
+  // that pairs with its first arrive.
   __device__ __forceinline__ void finish() {
     if constexpr (CLUSTER > 1) {
       if (!peers_started) {
@@ -328,20 +407,46 @@ struct RowReducer {
         // Pushed, not pulled: thread r stores this CTA's total into rank r's
         // slot for this rank (CLUSTER remote stores per CTA; every thread
         // loading every rank's total remotely cost CLUSTER remote loads per
-        // thread). The cluster barrier orders the stores before the reads;
-        // a slot is rewritten two reductions later, after the barrier in
-        // between, which its reader passes only after reading it.
-        cg::cluster_group cluster = cg::this_cluster();
-        const unsigned rank = cluster.block_rank() % CLUSTER;
-        const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
-        if (!peers_started) {
-          cluster_wait();
-          peers_started = true;
+        // thread).
+        if constexpr (kAsync) {
+          // The store completes on rank r's mbarrier of this parity, which
+          // expects CLUSTER totals. A slot (and its mbarrier's next phase) is
+          // written again two reductions later, by a peer that has seen this
+          // CTA's total of the reduction in between land: stored after this
+          // CTA's barrier of that reduction, which its threads pass only
+          // after reading this one.
+          const unsigned block_rank = cg::this_cluster().block_rank();
+          const unsigned rank = block_rank % CLUSTER;
+          const unsigned first = block_rank - rank;  // the row's first CTA
+          if (!peers_started) {
+            cluster_wait();
+            peers_started = true;
+          }
+          if (threadIdx.x == 0) {
+            mbarrier_arrive_expect_bytes(&storage.landed[parity], CLUSTER * sizeof(V));
+          }
+          if (threadIdx.x < CLUSTER) {
+            store_to_peer(&storage.cluster_part[parity][rank], &storage.landed[parity],
+                          first + threadIdx.x, total);
+          }
+          mbarrier_wait(&storage.landed[parity], (uses >> 1) & 1);
+          ++uses;
+        } else {
+          // The cluster barrier orders the stores before the reads; a slot is
+          // rewritten two reductions later, after the barrier in between,
+          // which its reader passes only after reading it.
+          cg::cluster_group cluster = cg::this_cluster();
+          const unsigned rank = cluster.block_rank() % CLUSTER;
+          const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
+          if (!peers_started) {
+            cluster_wait();
+            peers_started = true;
+          }
+          if (threadIdx.x < CLUSTER) {
+            *cluster.map_shared_rank(&storage.cluster_part[parity][rank], first + threadIdx.x) = total;
+          }
+          cluster.sync();
         }
-        if (threadIdx.x < CLUSTER) {
-          *cluster.map_shared_rank(&storage.cluster_part[parity][rank], first + threadIdx.x) = total;
-        }
-        cluster.sync();
         total = zero_value<V>();
 #pragma unroll
         for (int r = 0; r < CLUSTER; ++r) total = total + storage.cluster_part[parity][r];
