@@ -114,10 +114,10 @@ def test_long_row_counts(dtype, wdtype, n):
                                             (torch.float32, torch.float32, 12288),
                                             (torch.float32, torch.float32, 65536)], ids=str)
 def test_long_rows_many_per_cluster(dtype, wdtype, n):
-    """2^24 elements of long rows: 4-16 rows per cluster of the prefetching backward
-    kernels, whose CTAs exchange their row sums through a pair of mbarriers in shared
-    memory, each completing a phase every second row (its parity flipping again and
-    again); both backwards against the float64 reference."""
+    """2^24 elements of long rows: 8-21 rows per cluster (on an H100's 132 SMs) of the
+    prefetching backward kernels, whose CTAs exchange their row sums through a pair of
+    mbarriers in shared memory, each completing a phase every second row (its parity
+    flipping again and again); both backwards against the float64 reference."""
     _check_rows(2**24 // n, n, dtype, wdtype)
 
 

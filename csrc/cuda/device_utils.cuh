@@ -255,9 +255,10 @@ __device__ __forceinline__ void cluster_wait() {
 // a peer CTA's shared memory with st.async completes its bytes on that CTA's
 // mbarrier, whose phase completes once the bytes it expects have landed. No
 // cluster barrier and no fence on the way: barrier.cluster.arrive's release
-// (cluster.sync()) is a MEMBAR.ALL.GPU, which waits until every load and
-// store the thread has in flight is done (the next row's prefetch, the last
-// row's dx), once per row reduction.
+// (cluster.sync()) is a MEMBAR.ALL.GPU, which waits for the thread's
+// outstanding memory operations (in the prefetching backward, the next row's
+// loads issued just before the reduction: membar stalls in Nsight Compute,
+// session 17), once per row reduction.
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -282,7 +283,7 @@ __device__ __forceinline__ void mbarrier_arrive_expect_bytes(uint64_t* bar, uint
 // Until the phase of `bar` with this parity has completed. The default
 // (CTA-scope) acquire, as for bytes that TMA lands: the bytes are in this
 // CTA's shared memory, which no cache holds; at cluster scope the wait also
-// invalidates the L1 (CCTL.IVALL), where the forward keeps weight and bias.
+// invalidated the whole L1 (CCTL.IVALL) at every row.
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
   asm volatile(
       "{\n"
