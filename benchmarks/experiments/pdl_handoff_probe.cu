@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #define CHECK(x)                                                                  \
@@ -170,6 +171,5 @@ int main() {
       }
     }
   }
-  // The timer's resolution.
   return 0;
 }

@@ -343,12 +343,10 @@ struct RowReducer {
   // Lives in shared memory; one per CTA.
   struct LocalStorage {
     V warp_part[2][ROWS][kWarpsPerRow];
-    V cluster_part[2][CLUSTER];
-  };
-  struct ClusterStorage {
-    V warp_part[2][ROWS][kWarpsPerRow];
     V cluster_part[2][CLUSTER];  // the CTA totals of a cluster, by rank
-    uint64_t landed[2];          // mbarriers: cluster_part[p] holds every rank's total
+  };
+  struct ClusterStorage : LocalStorage {
+    uint64_t landed[2];  // mbarriers: cluster_part[p] holds every rank's total
   };
   using Storage = std::conditional_t<kAsync, ClusterStorage, LocalStorage>;
 
@@ -409,6 +407,13 @@ struct RowReducer {
         // slot for this rank (CLUSTER remote stores per CTA; every thread
         // loading every rank's total remotely cost CLUSTER remote loads per
         // thread).
+        cg::cluster_group cluster = cg::this_cluster();
+        const unsigned rank = cluster.block_rank() % CLUSTER;
+        const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
+        if (!peers_started) {
+          cluster_wait();
+          peers_started = true;
+        }
         if constexpr (kAsync) {
           // The store completes on rank r's mbarrier of this parity, which
           // expects CLUSTER totals. A slot (and its mbarrier's next phase) is
@@ -416,13 +421,6 @@ struct RowReducer {
           // CTA's total of the reduction in between land: stored after this
           // CTA's barrier of that reduction, which its threads pass only
           // after reading this one.
-          const unsigned block_rank = cg::this_cluster().block_rank();
-          const unsigned rank = block_rank % CLUSTER;
-          const unsigned first = block_rank - rank;  // the row's first CTA
-          if (!peers_started) {
-            cluster_wait();
-            peers_started = true;
-          }
           if (threadIdx.x == 0) {
             mbarrier_arrive_expect_bytes(&storage.landed[parity], CLUSTER * sizeof(V));
           }
@@ -436,13 +434,6 @@ struct RowReducer {
           // The cluster barrier orders the stores before the reads; a slot is
           // rewritten two reductions later, after the barrier in between,
           // which its reader passes only after reading it.
-          cg::cluster_group cluster = cg::this_cluster();
-          const unsigned rank = cluster.block_rank() % CLUSTER;
-          const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
-          if (!peers_started) {
-            cluster_wait();
-            peers_started = true;
-          }
           if (threadIdx.x < CLUSTER) {
             *cluster.map_shared_rank(&storage.cluster_part[parity][rank], first + threadIdx.x) = total;
           }
@@ -618,8 +609,8 @@ __device__ __forceinline__ void load_row(Pack<T, VEC> (&packs)[ITEMS], const T* 
 
 __device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(smem)), "l"(gmem)
+               : "memory");
 #else
   *smem = *reinterpret_cast<const uint4*>(gmem);
 #endif
