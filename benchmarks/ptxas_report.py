@@ -22,8 +22,9 @@ def demangle_args(name: str) -> str:
                 f"cluster={cluster} min_ctas={min_ctas}{' ' + ','.join(on) if on else ''}>")
     if len(ints) >= 6:
         # <..., VEC, ITEMS, TPR, ROWS, CLUSTER, [PART_GROUPS: backward], MIN_CTAS,
-        # STAGES, bools>: forward shifted, persistent; backward acc_smem,
-        # from_output, shifted, prefetch.
+        # STAGES, bools>: forward shifted, persistent, (params in shared
+        # memory: not shown), prefetch; backward acc_smem, from_output,
+        # shifted, prefetch, smem_weight.
         bwd = "bwd" in label
         vec, items, tpr, rows, cluster = ints[:5]
         part_groups = ints[5] if bwd else "1"
@@ -32,9 +33,9 @@ def demangle_args(name: str) -> str:
         stages = rest[1] if len(rest) > 1 else "0"
         flags = re.findall(r"Lb([01])E", name)
         names = (["acc_smem", "from_output", "shifted", "prefetch", "smem_weight"] if bwd
-                 else ["shifted", "persistent"])
-        on = [n for n, f in zip(names, flags) if f == "1"]
-        if "prefetch" in on and ("shifted" in on or stages != "0"):
+                 else ["shifted", "persistent", "", "prefetch"])
+        on = [n for n, f in zip(names, flags) if f == "1" and n]
+        if bwd and "prefetch" in on and ("shifted" in on or stages != "0"):
             on.remove("prefetch")  # the kernel ignores it there (backward.cuh kPrefetch)
         if stages != "0":
             on.insert(0, f"stages={stages}")

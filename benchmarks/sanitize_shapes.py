@@ -72,6 +72,11 @@ def main():
     ok &= check(20, 65536, torch.float16, torch.float32)
     ok &= check(20, 65536, torch.float32, torch.float32)
     ok &= check(10, 131072, torch.bfloat16, torch.bfloat16)
+    # Forward entries that load the next row while finishing one, on clusters
+    # (statistics merged through mbarriers): more rows than resident
+    # clusters, shifted rows too.
+    ok &= check(140, 16383, torch.bfloat16, torch.bfloat16)
+    ok &= check(40, 24575, torch.float32, torch.float32)
     # Entries that fit their row exactly (48-byte threads, float32 128-byte
     # threads) and shifted rows of one-row entries, which run on persistent
     # grids (more rows than CTA groups: the loop).

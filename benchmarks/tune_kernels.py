@@ -122,7 +122,7 @@ def table_configs(direction: str, dtype: str):
             f += [0, 1, 0, 0][len(f) - 6:] if len(f) < 10 else []
             mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
             part_groups = int(m.group(2) or 1)
-            flag = (persistent | (4 if from_cache else 0) if direction == "fwd"
+            flag = (persistent | (4 if from_cache else 0) | (8 if prefetch else 0) if direction == "fwd"
                     else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0)
                     | (64 if smem_weight else 0))
             cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag)
@@ -250,26 +250,29 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             # partial groups (0: 1).
             # Forward bit 2 (4): a one-pass kernel's weight/bias from L1/L2
             # after the reductions (params_from_cache), not shared memory.
-            persistent = flag & 3 in (1, 3) if c["dir"] == "fwd" else 1
+            persistent = (flag & 3 in (1, 3) or bool(flag & 8)) if c["dir"] == "fwd" else 1
             row_in_smem = c["dir"] == "fwd" and flag & 3 in (2, 3)
             params_in_smem = not (c["dir"] == "fwd" and flag & 4)
             acc_smem = flag & 1 if c["dir"] == "bwd" else 0
             # Backward bit 5 (32): the next row prefetched into registers
             # (prefetch_row); bits 1-4: the partial groups.
             part_groups = max(1, (flag & 31) >> 1) if c["dir"] == "bwd" else 1
-            prefetch = c["dir"] == "bwd" and bool(flag & 32)
+            # Forward bit 3 (8): persistent, the next row prefetched into
+            # registers (prefetch_row). (Bit 4, two cluster exchanges per row
+            # instead of merged statistics, was tune v24's; dropped since.)
+            prefetch = bool(flag & 32) if c["dir"] == "bwd" else bool(flag & 8)
             # Backward bit 6 (64): with bit 5, the weight in shared memory
             # (weight_in_smem).
             smem_weight = c["dir"] == "bwd" and bool(flag & 64)
             ctype = DTYPES[c["dtype"]][0]
             wtype = "float" if c["w32"] else ctype
             shifted = "true" if c["shifted"] else "false"
-            lines.append(
-                f"struct Cfg{idx} {{ static constexpr KernelConfig config{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
-                f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
-                f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
-                f"{part_groups}, {'true' if params_in_smem else 'false'}, "
-                f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}}}; }};")
+            config = (f"KernelConfig{{{tpr * bpt * cluster}, {tpr}, {bpt}, "
+                      f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
+                      f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
+                      f"{part_groups}, {'true' if params_in_smem else 'false'}, "
+                      f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}}}")
+            lines.append(f"struct Cfg{idx} {{ static constexpr KernelConfig config = {config}; }};")
             if c["dir"] == "fwd":
                 lines.append(
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
@@ -348,9 +351,10 @@ def main():
                     help="time only the entry of the tables in csrc/cuda/kernel_config.h that "
                          "takes each size (the shipped kernel)")
     ap.add_argument("--configs", default="",
-                    help="time these candidates at every size they hold instead of the sweep: "
-                         "';'-separated tuples tpr,bytes_per_thread,rows,cluster,stages,"
-                         "min_threads,flag")
+                    help="time these candidates at every size they hold instead of the sweep "
+                         "(with --table: besides the tables' entries): ';'-separated tuples "
+                         "tpr,bytes_per_thread,rows,cluster,stages,min_threads,flag[,N] (with N: "
+                         "at that N only, for the dtypes whose rows fill more than half of it)")
     ap.add_argument("--weight-fp32", action="store_true",
                     help="float32 weight/bias (and dweight/dbias) with 16-bit rows")
     ap.add_argument("--bwd-dx-only", action="store_true",
@@ -364,7 +368,7 @@ def main():
     args = ap.parse_args()
 
     explicit = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";") if c.strip()]
-    assert all(len(c) == 7 for c in explicit), "--configs: tuples of 7 integers"
+    assert all(len(c) in (7, 8) for c in explicit), "--configs: tuples of 7 (or 8) integers"
     w32 = args.weight_fp32
     plan = []
     for d, dt, n in itertools.product(args.dirs.split(","), args.dtypes.split(","),
@@ -379,10 +383,13 @@ def main():
         acc_modes = tuple(int(g) for g in args.acc_modes.split(","))
         part_groups = tuple(int(g) for g in args.part_groups.split(","))
         fwd_params = tuple(int(g) for g in args.fwd_params.split(","))
-        if args.table:
-            cfgs = table_candidate(d, dt, row_bytes, shifted)
-        elif args.configs:
-            cfgs = [c for c in explicit if c[0] * c[1] * c[3] >= row_bytes]
+        if args.table or args.configs:
+            cfgs = table_candidate(d, dt, row_bytes, shifted) if args.table else []
+            # 8 numbers: the candidate at that N only, for the dtypes it fits
+            # closely (rows of more than half its capacity).
+            cfgs += [c[:7] for c in explicit
+                     if c[0] * c[1] * c[3] >= row_bytes
+                     and (len(c) == 7 or (c[7] == n and c[0] * c[1] * c[3] < 2 * row_bytes))]
         else:
             cfgs = candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
                               fwd_stages, part_groups, fwd_params)

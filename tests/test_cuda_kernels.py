@@ -121,6 +121,33 @@ def test_long_rows_many_per_cluster(dtype, wdtype, n):
     _check_rows(2**24 // n, n, dtype, wdtype)
 
 
+@pytest.mark.parametrize("dtype,n", [(torch.bfloat16, 16384), (torch.float16, 32768),
+                                     (torch.bfloat16, 65536), (torch.float16, 131072),
+                                     (torch.bfloat16, 262144), (torch.bfloat16, 65531),
+                                     (torch.float32, 12288), (torch.float32, 16384),
+                                     (torch.float32, 65536), (torch.float32, 131072)], ids=str)
+@pytest.mark.parametrize("rows_of", ["ramp", "steps"])
+def test_cluster_rows_uneven_parts(dtype, n, rows_of):
+    """Rows split over a cluster whose CTAs each merge the mean and squared deviations of
+    their own columns in one exchange: rows whose parts have very different means (a ramp
+    from -8 to 8 with noise, on an offset of 20), and rows constant over each eighth with a
+    different value in each (no variance inside a CTA's part, all of it between parts).
+    Statistics, output and both backwards against the float64 reference."""
+    rows = 40
+    col = torch.arange(n, dtype=torch.float64) / n
+    if rows_of == "ramp":
+        x = 20 + 16 * (col - 0.5) + 0.5 * torch.randn(rows, n, dtype=torch.float64)
+    else:
+        x = (torch.randn(rows, 8, dtype=torch.float64) * 3).repeat_interleave(-(-n // 8), dim=1)[:, :n]
+    x = x.to(device="cuda", dtype=dtype)
+    w, b = make_params([n], dtype, "cuda")
+    g = make_grad((rows, n), dtype, "cuda")
+    try:
+        check_against_reference(x, [n], w, b, g, autograd=False)
+    except AssertionError as e:
+        raise AssertionError(f"N={n}, {dtype}, {rows_of}: {e}") from e
+
+
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
                                           (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
                          ids=str)

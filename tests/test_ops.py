@@ -317,7 +317,7 @@ def test_eps(device, dtype, eps):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n", [7, 1000, 8192])
+@pytest.mark.parametrize("n", [7, 1000, 8192, 65536])
 def test_constant_rows(device, dtype, n):
     """Rows of equal values (zero variance): y is exactly the bias (x_hat = 0)."""
     vals = torch.randn(6, 1) * 3
@@ -334,7 +334,7 @@ def test_constant_rows(device, dtype, n):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("offset", [10.0, 30.0, 300.0])
-@pytest.mark.parametrize("n", [1000, 8192, 65537])
+@pytest.mark.parametrize("n", [1000, 8192, 32768, 65537])
 def test_large_mean_float32(device, offset, n):
     """A large common offset (mean >> std): the statistics must not lose the variance
     to cancellation. The float32 error is no worse than torch's own float32

@@ -352,7 +352,8 @@ struct RowReducer {
 
   Storage& storage;
   int parity = 0;  // per thread, in registers
-  // kAsync: reductions so far (landed[p]'s phase to wait for: (uses >> 1) & 1).
+  // kAsync: exchanges so far (the next one's slots and mbarrier: uses & 1,
+  // the phase to wait for: (uses >> 1) & 1).
   int uses = 0;
   // Cluster: a CTA's slots may be written by its peers only once it runs
   // (and, kAsync, has initialized its mbarriers). Each CTA signals that (a
@@ -393,62 +394,99 @@ struct RowReducer {
       static_assert(CLUSTER == 1, "a cluster needs whole-CTA rows");
       return group_sum<TPR>(v);
     } else {
-      v = group_sum<kWarpSize>(v);
-      const int slot = threadIdx.x / TPR;
-      const int warp = (threadIdx.x % TPR) / kWarpSize;
-      if (threadIdx.x % kWarpSize == 0) storage.warp_part[parity][slot][warp] = v;
-      __syncthreads();
-      V total = zero_value<V>();
-#pragma unroll
-      for (int w = 0; w < kWarpsPerRow; ++w) total = total + storage.warp_part[parity][slot][w];
+      V total = cta_total(v);
       if constexpr (CLUSTER > 1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        // Pushed, not pulled: thread r stores this CTA's total into rank r's
-        // slot for this rank (CLUSTER remote stores per CTA; every thread
-        // loading every rank's total remotely cost CLUSTER remote loads per
-        // thread).
-        cg::cluster_group cluster = cg::this_cluster();
-        const unsigned rank = cluster.block_rank() % CLUSTER;
-        const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
-        if (!peers_started) {
-          cluster_wait();
-          peers_started = true;
-        }
-        if constexpr (kAsync) {
-          // The store completes on rank r's mbarrier of this parity, which
-          // expects CLUSTER totals. A slot (and its mbarrier's next phase) is
-          // written again two reductions later, by a peer that has seen this
-          // CTA's total of the reduction in between land: stored after this
-          // CTA's barrier of that reduction, which its threads pass only
-          // after reading this one.
-          if (threadIdx.x == 0) {
-            mbarrier_arrive_expect_bytes(&storage.landed[parity], CLUSTER * sizeof(V));
-          }
-          if (threadIdx.x < CLUSTER) {
-            store_to_peer(&storage.cluster_part[parity][rank], &storage.landed[parity],
-                          first + threadIdx.x, total);
-          }
-          mbarrier_wait(&storage.landed[parity], (uses >> 1) & 1);
-          ++uses;
-        } else {
-          // The cluster barrier orders the stores before the reads; a slot is
-          // rewritten two reductions later, after the barrier in between,
-          // which its reader passes only after reading it.
-          if (threadIdx.x < CLUSTER) {
-            *cluster.map_shared_rank(&storage.cluster_part[parity][rank], first + threadIdx.x) = total;
-          }
-          cluster.sync();
-        }
+        const V* parts = exchange(total);
         total = zero_value<V>();
 #pragma unroll
-        for (int r = 0; r < CLUSTER; ++r) total = total + storage.cluster_part[parity][r];
-#else
-        __trap();  // cluster kernels are launched on sm_90+ only
-#endif
+        for (int r = 0; r < CLUSTER; ++r) total = total + parts[r];
       }
       parity ^= 1;
       return total;
     }
+  }
+
+  // The sum over this CTA's threads of the row only (with CLUSTER > 1, the
+  // CTA's part of the row); every thread of the row gets it.
+  __device__ __forceinline__ V cta_sum(V v) {
+    static_assert(TPR > kWarpSize, "a CTA part of a row is whole warps");
+    const V total = cta_total(v);
+    parity ^= 1;
+    return total;
+  }
+
+  // The cluster's CTAs exchange a value that is the same in all threads of
+  // each CTA (such as a cta_sum): returns combine(parts), parts[r] being rank
+  // r's value, in every thread. Called right after a cta_sum (whose CTA
+  // barrier orders the previous exchange's reads before this one's stores).
+  template <typename Combine>
+  __device__ __forceinline__ V combine_parts(V part, Combine combine) {
+    static_assert(kAsync, "combine_parts exchanges through the mbarriers");
+    return combine(exchange(part));
+  }
+
+ private:
+  // Sum over the row's threads in this CTA: warp shuffles, then the warps'
+  // sums through shared memory (slots of this reduction's parity).
+  __device__ __forceinline__ V cta_total(V v) {
+    v = group_sum<kWarpSize>(v);
+    const int slot = threadIdx.x / TPR;
+    const int warp = (threadIdx.x % TPR) / kWarpSize;
+    if (threadIdx.x % kWarpSize == 0) storage.warp_part[parity][slot][warp] = v;
+    __syncthreads();
+    V total = zero_value<V>();
+#pragma unroll
+    for (int w = 0; w < kWarpsPerRow; ++w) total = total + storage.warp_part[parity][slot][w];
+    return total;
+  }
+
+  // Every CTA's `total` into every peer's slots; returns this CTA's slots,
+  // by rank, once all have landed.
+  __device__ __forceinline__ const V* exchange(V total) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Pushed, not pulled: thread r stores this CTA's total into rank r's
+    // slot for this rank (CLUSTER remote stores per CTA; every thread
+    // loading every rank's total remotely cost CLUSTER remote loads per
+    // thread).
+    cg::cluster_group cluster = cg::this_cluster();
+    const unsigned rank = cluster.block_rank() % CLUSTER;
+    const unsigned first = cluster.block_rank() - rank;  // the row's first CTA
+    if (!peers_started) {
+      cluster_wait();
+      peers_started = true;
+    }
+    if constexpr (kAsync) {
+      // The store completes on rank r's mbarrier of this exchange's parity,
+      // which expects CLUSTER totals. A slot (and its mbarrier's next phase)
+      // is written again two exchanges later, by a peer that has seen this
+      // CTA's total of the exchange in between land: stored after this
+      // CTA's barrier of that reduction, which its threads pass only after
+      // reading this one.
+      const int xp = uses & 1;
+      if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_bytes(&storage.landed[xp], CLUSTER * sizeof(V));
+      }
+      if (threadIdx.x < CLUSTER) {
+        store_to_peer(&storage.cluster_part[xp][rank], &storage.landed[xp], first + threadIdx.x,
+                      total);
+      }
+      mbarrier_wait(&storage.landed[xp], (uses >> 1) & 1);
+      ++uses;
+      return storage.cluster_part[xp];
+    } else {
+      // The cluster barrier orders the stores before the reads; a slot is
+      // rewritten two reductions later, after the barrier in between,
+      // which its reader passes only after reading it.
+      if (threadIdx.x < CLUSTER) {
+        *cluster.map_shared_rank(&storage.cluster_part[parity][rank], first + threadIdx.x) = total;
+      }
+      cluster.sync();
+      return storage.cluster_part[parity];
+    }
+#else
+    __trap();  // cluster kernels are launched on sm_90+ only
+    return storage.cluster_part[0];
+#endif
   }
 };
 

@@ -47,7 +47,9 @@ __host__ __device__ constexpr bool forward_few_registers() {
 // boundaries, gathered shifted), for the few-register kernels, for
 // persistent kernels at the 64-register cap holding 64 bytes of the row
 // (float32 long rows: registers for the chunks spilled), and for one-pass
-// kernels whose entry says so (KernelConfig::params_in_smem). A persistent
+// and prefetching kernels whose entry says so (KernelConfig::params_in_smem;
+// a prefetching kernel's also when they are wider than the row's
+// elements: they are gathered once). A persistent
 // CTA gathers them once, before its rows; a one-pass CTA requests them into
 // registers before its row and stores them to the slots once the row's loads
 // are issued (gathered before the row's loads, they delayed them: tune v15,
@@ -57,7 +59,9 @@ __host__ __device__ constexpr bool forward_few_registers() {
 // reductions: no shared-memory traffic, which some one-pass mappings
 // measured faster (bf16 N=12288 89.4 against 84.8 stashed).
 // Weight/bias wider than the input (float32 with half/bfloat16 rows) take
-// twice the slots: in shared memory only for shifted rows, otherwise loaded
+// twice the slots: in shared memory only for shifted rows and the
+// prefetching kernels (tune v24: bf16 N=32768-262144 87.0-73.9% of copy,
+// 12-16 points over the kernels before them), otherwise loaded
 // chunk by chunk in the output loop (hoisted, their registers spilled;
 // stashed in shared memory, tune v15: 60-70% of copy at N=512-4096).
 template <typename W, int VEC>
@@ -65,9 +69,10 @@ __host__ __device__ constexpr bool forward_wide_params() {
   return sizeof(W) * VEC > 16;
 }
 template <typename W, int VEC, int ITEMS, int THREADS, int MIN_CTAS, bool SHIFTED,
-          bool PERSISTENT, bool ENTRY_SMEM>
+          bool PERSISTENT, bool ENTRY_SMEM, bool PREFETCH = false>
 __host__ __device__ constexpr bool forward_params_in_smem() {
   if (SHIFTED) return true;
+  if (PREFETCH) return ENTRY_SMEM;
   if (forward_wide_params<W, VEC>()) return false;
   if (forward_few_registers<VEC, ITEMS, THREADS, MIN_CTAS>()) return true;
   if (PERSISTENT) return MIN_CTAS * THREADS >= 1024 && ITEMS >= 4;
@@ -75,21 +80,34 @@ __host__ __device__ constexpr bool forward_params_in_smem() {
 }
 // Dynamic shared memory of a forward kernel.
 template <typename W, int VEC, int ITEMS, int THREADS, int MIN_CTAS, int STAGES, bool SHIFTED,
-          bool PERSISTENT, bool ENTRY_SMEM>
+          bool PERSISTENT, bool ENTRY_SMEM, bool PREFETCH = false>
 constexpr size_t forward_smem_bytes() {
   const size_t staged = static_cast<size_t>(STAGES) * ITEMS * THREADS * 16;
   const size_t params =
-      forward_params_in_smem<W, VEC, ITEMS, THREADS, MIN_CTAS, SHIFTED, PERSISTENT, ENTRY_SMEM>()
+      forward_params_in_smem<W, VEC, ITEMS, THREADS, MIN_CTAS, SHIFTED, PERSISTENT, ENTRY_SMEM,
+                             PREFETCH>()
           ? 2 * ITEMS * THREADS * sizeof(Pack<W, VEC>)
           : 0;
   return staged + params;
 }
 
+// PREFETCH (persistent, unstaged): a one-row pipeline in registers, the next
+// row's loads issued once this row's sum is taken and in flight over its
+// reductions and output. A cluster's CTAs then each take the mean and squared
+// deviations of their own columns (the same corrected two-pass, on the CTA's
+// part of the row) and merge them in one exchange through mbarriers (Chan et
+// al.; RowReducer's ASYNC_EXCHANGE: the cluster barrier's fence would wait
+// for the loads in flight). Exchanging the row's sum and then its deviations
+// measured 0.2-1.1 points slower (tune v24).
 template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
-          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT, bool PARAMS_SMEM>
+          int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT, bool PARAMS_SMEM,
+          bool PREFETCH = false>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W, O> p) {
   static_assert(PERSISTENT || STAGES == 0, "rows are staged ahead only by a CTA that loops");
+  static_assert(!PREFETCH || (PERSISTENT && STAGES == 0),
+                "the next row is loaded into registers by a looping CTA that stages none");
+  constexpr bool kMerge = PREFETCH && CLUSTER > 1;
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
   // Threads at the 64-register cap holding more than 16 floats of the row:
@@ -97,14 +115,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // 64-512 KiB); elsewhere sums are trees.
   constexpr bool kFewRegisters = forward_few_registers<VEC, ITEMS, kThreads, MIN_CTAS>();
   constexpr bool kParamsInSmem =
-      forward_params_in_smem<W, VEC, ITEMS, kThreads, MIN_CTAS, SHIFTED, PERSISTENT,
-                             PARAMS_SMEM>();
+      forward_params_in_smem<W, VEC, ITEMS, kThreads, MIN_CTAS, SHIFTED, PERSISTENT, PARAMS_SMEM,
+                             PREFETCH>();
   constexpr bool kHoistParams = !kParamsInSmem && !forward_wide_params<W, VEC>();
   // 16-bit rows keep x (the compiler re-widens it from the packs instead of
   // holding twice the registers); float32 rows keep d = x - mean0. The
   // few-register pass never writes d back, so it always keeps x.
   constexpr bool kKeepX = sizeof(T) == 2 || kFewRegisters;
-  using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2>;
+  using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2, PREFETCH>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
   // [STAGES][ITEMS][kThreads] 16-byte slots, then (kParamsInSmem) the
@@ -122,6 +140,25 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const float inv_n = 1.f / static_cast<float>(n);
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
+  // kMerge: the columns each rank of the cluster holds (rank r: for each
+  // item, TPR chunks from chunk item * kRowThreads + r * TPR), and 1 / this
+  // rank's (0 if it holds none).
+  __shared__ float rank_cols[kMerge ? CLUSTER : 1];
+  float inv_cols = inv_n;
+  if constexpr (kMerge) {
+    auto cols_of_rank = [&](int r) {
+      int cols = 0;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int lo = chunk_first_col<VEC>(i, r * TPR, kRowThreads, shift);
+        cols += max(0, min(n, lo + TPR * VEC) - max(0, lo));
+      }
+      return cols;
+    };
+    if (threadIdx.x < CLUSTER) rank_cols[threadIdx.x] = static_cast<float>(cols_of_rank(threadIdx.x));
+    const int own = cols_of_rank(cluster_rank<CLUSTER>());
+    inv_cols = own > 0 ? 1.f / static_cast<float>(own) : 0.f;
+  }
   auto stage_of = [&](int s) { return staging + s * ITEMS * kThreads; };
   auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
     return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
@@ -160,13 +197,25 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     }
   }
   int stage = 0;
+  // PREFETCH: this row's packs, loaded the iteration before (zeros past the
+  // last row).
+  Pack<T, VEC> row_packs[PREFETCH ? ITEMS : 1];
+  auto prefetch_row = [&](Pack<T, VEC>(&packs)[PREFETCH ? ITEMS : 1], int64_t r) {
+    const bool ok = r < p.rows;
+    load_row<SHIFTED>(packs, p.x + (ok ? r : 0) * static_cast<int64_t>(n), x_end, ok,
+                      thread_in_row, kRowThreads, n, shift);
+  };
+  if constexpr (PREFETCH) prefetch_row(row_packs, row);
   // Uniform trip count for every thread of a CTA (and of a cluster), so the
   // reductions' shuffles and barriers always see all threads.
   for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
     Pack<T, VEC> packs[ITEMS];
-    if constexpr (STAGES > 0) {
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) packs[i] = row_packs[i];
+    } else if constexpr (STAGES > 0) {
       cp_async_wait<STAGES - 1>();
       read_staged_row<SHIFTED>(packs, stage_of(stage), kThreads, row_ok, thread_in_row,
                                kRowThreads, n, shift);
@@ -207,7 +256,16 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       for (int i = 0; i < ITEMS; ++i) chunk_sums[i] = tree_sum(xf[i]);
       sum = tree_sum(chunk_sums);
     }
-    const float mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
+    // PREFETCH: the next row in flight from here on.
+    Pack<T, VEC> next_packs[PREFETCH ? ITEMS : 1];
+    if constexpr (PREFETCH) prefetch_row(next_packs, row + stride);
+    // kMerge: the mean of this CTA's columns.
+    float mean0;
+    if constexpr (kMerge) {
+      mean0 = reducer.cta_sum(make_float2(sum, 0.f)).x * inv_cols;
+    } else {
+      mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
+    }
 
     // Corrected two-pass: the deviations' sum corrects the rounding of the
     // first mean (a constant row then gives d - corr = 0 exactly where d is
@@ -255,10 +313,41 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       }
       dev = make_float2(tree_sum(dev_sums), tree_sum(dev_squares));
     }
-    dev = reducer.sum(dev);
-    const float corr = dev.x * inv_n;  // mean = mean0 + corr
-    const float mean = mean0 + corr;
-    const float var = fmaxf(dev.y - dev.x * corr, 0.f) * inv_n;
+    float mean, corr, var;  // mean = mean0 + corr
+    if constexpr (kMerge) {
+      // This CTA's mean and sum of squared deviations, merged with the
+      // other ranks' in rank order (deterministic): the row's mean is rank
+      // 0's plus the others' weighted differences from it (a constant row
+      // gives exactly its value), the squared deviations add with
+      //   cols_r * (mean_r - mean)^2
+      // for each rank's distance from the row's mean.
+      dev = reducer.cta_sum(dev);
+      const float local_corr = dev.x * inv_cols;
+      const float2 part =
+          make_float2(mean0 + local_corr, fmaxf(dev.y - dev.x * local_corr, 0.f));
+      const float2 stats = reducer.combine_parts(part, [&](const float2* parts) {
+        const float first = parts[0].x;
+        float shift_sum = 0.f;
+#pragma unroll
+        for (int r = 1; r < CLUSTER; ++r) shift_sum = fmaf(rank_cols[r], parts[r].x - first, shift_sum);
+        const float row_mean = first + shift_sum * inv_n;
+        float m2 = 0.f;
+#pragma unroll
+        for (int r = 0; r < CLUSTER; ++r) {
+          const float d = parts[r].x - row_mean;
+          m2 += fmaf(rank_cols[r] * d, d, parts[r].y);
+        }
+        return make_float2(row_mean, m2);
+      });
+      mean = stats.x;
+      corr = mean - mean0;
+      var = stats.y * inv_n;
+    } else {
+      dev = reducer.sum(dev);
+      corr = dev.x * inv_n;
+      mean = mean0 + corr;
+      var = fmaxf(dev.y - dev.x * corr, 0.f) * inv_n;
+    }
     const float rstd = rsqrtf(var + p.eps);
 
     if (row_ok) {
@@ -318,6 +407,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         p.mean[row] = mean;
         p.rstd[row] = rstd;
       }
+    }
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) row_packs[i] = next_packs[i];
     }
     if constexpr (!PERSISTENT) break;  // one pass per CTA: no loop state kept
   }

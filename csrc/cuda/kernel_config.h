@@ -50,12 +50,14 @@ struct KernelConfig {
   // few-register kernels: shared memory; float32 weights with 16-bit rows:
   // loaded in the output loop) it is ignored (forward_params_in_smem).
   bool params_in_smem = true;
-  // Backward only (accumulators in shared memory, rows not staged or
-  // shifted): the next row's x, dy, mean and rstd are loaded into registers
-  // once the row's partial sums are taken, and are in flight over its
-  // reduction, dx and accumulator update (backward.cuh). Two rows' packs in
-  // registers: for mappings with registers to spare (where they spill it
-  // loses, docs/kernels.md session 13).
+  // Backward (accumulators in shared memory, rows not staged or shifted):
+  // the next row's x, dy, mean and rstd are loaded into registers once the
+  // row's partial sums are taken, and are in flight over its reduction, dx
+  // and accumulator update (backward.cuh). Forward (persistent register
+  // entries, stages 0): the next row's x, in flight over the row's
+  // reductions and output (forward.cuh). Two rows' packs in registers: for
+  // mappings with registers to spare (where they spill it loses,
+  // docs/kernels.md session 13).
   bool prefetch_row = false;
   // Backward only, with prefetch_row: the thread's weight chunks kept in its
   // own shared-memory slots (read once per row) instead of registers, which
@@ -79,8 +81,8 @@ constexpr KernelConfig with_part_groups(KernelConfig c, int part_groups) {
   return c;
 }
 
-// A backward entry whose CTAs load their next row while they finish this one
-// (see KernelConfig::prefetch_row).
+// An entry whose CTAs load their next row while they finish this one (see
+// KernelConfig::prefetch_row).
 constexpr KernelConfig with_prefetch(KernelConfig c) {
   c.prefetch_row = true;
   return c;
@@ -248,15 +250,23 @@ inline constexpr KernelConfig kForwardConfigs16[] = {
     // tune v15: N=12288 89.4% (stashed 84.8; 384 x 64 B at 56 registers
     // 81.0, 768 x 32 B 82.7).
     params_from_cache({24576, 384, 64, 1, 1, 0, 0, kGrid}),
-    // N=16384: 87.0 (registers, 512 x 64 B at 64 registers: 87.4; v10: 85.0)
-    row_in_smem_entry(32768, 512, 64, 1),
-    {65536, 1024, 64, 1, 1, 1, 512},
-    // Rows beyond one CTA: a cluster of 8 CTAs per row, the row in shared
-    // memory (benchmark v11: N=65536 79.5, 131072 75.6, 262144 70.8; in
-    // registers, v10: 70.5, 66.6, 54.2).
-    row_in_smem_entry(131072, 128, 128, 8),
-    row_in_smem_entry(262144, 256, 128, 8),
-    row_in_smem_entry(524288, 512, 128, 8),
+    // From 24 KiB: rows split over clusters of 128-512-thread CTAs (512
+    // threads per SM, 128 registers), each loading its part of the next row
+    // while it finishes this one, the CTAs' statistics merged in one
+    // mbarrier exchange (tune v24, bf16 / fp16 % of copy: N=16384 88.9 /
+    // 89.2, 32768 88.2 / 89.5, 65536 87.8 / 87.6, 131072 86.3 / 87.1, 262144
+    // 83.4 / 82.8; the entries before them, the row in shared memory or
+    // staged: 87.0 / 87.8, 82.1 / 82.0, 72.4 / 76.6, 75.5 / 77.0, 71.0 /
+    // 71.8; bf16 with float32 weights N=32768-262144: 87.0, 86.4, 82.6,
+    // 73.9 against 71.9, 70.2, 67.7, 61.8). Clusters of 8 where one of 16
+    // was not faster (N=131072: 256 x 64 B x 16 86.5 / 86.7); 512 KiB rows
+    // take 16 (Hopper's non-portable size: where it does not fit, the
+    // fallback kernel).
+    with_prefetch({32768, 128, 64, 1, 4, 0, 512}),
+    with_prefetch({65536, 128, 64, 1, 8, 0, 512}),
+    with_prefetch({131072, 256, 64, 1, 8, 0, 512}),
+    with_prefetch({262144, 512, 64, 1, 8, 0, 512}),
+    with_prefetch({524288, 512, 64, 1, 16, 0, 512}),
     // 1 MiB rows: a cluster of 16 CTAs (Hopper's largest, opted into by
     // resident_groups) of 512 threads, 64 KiB of the row each (tune v17:
     // N=524288 63.5% of copy; 8 CTAs of 1024 threads, one per SM, 58.5).
@@ -296,15 +306,17 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     // 16384 90.9; the persistent staged 64-byte entries 85.0, 83.5, 82.9;
     // but N=10240 on 384 x 128 B: 80.0, on 768 x 64 B staged: 85.6).
     {45056, 768, 64, 1, 1, 1, 512},
-    params_from_cache({49152, 384, 128, 1, 1, 0, 512, kGrid}),
+    // From 44 KiB (but the 52 KiB entry), as the 16-bit table's long rows:
+    // clusters loading the next row ahead, statistics merged in one exchange
+    // (tune v24: N=12288 89.1% against 86.6 on 384 x 128 B one-pass, 16384
+    // 89.8 / 88.4 on 512 x 128 B, 32768 88.8 / 82.1, 65536 87.2 (256 x 64
+    // B x 16: 88.2) / 80.0, 131072 85.0 / 75.9 on the row in shared memory).
+    with_prefetch({49152, 384, 64, 1, 2, 0, 768}),
     {53248, 1024, 64, 1, 1, 1, 512},
-    params_from_cache({65536, 512, 128, 1, 1, 0, 512, kGrid}),
-    // Clusters of 8 CTAs per row, the row in shared memory (benchmark v11:
-    // N=32768 83.7%, 65536 79.7, 131072 75.3; in registers, v10: 74.0, 69.3,
-    // 57.4).
-    row_in_smem_entry(131072, 128, 128, 8),
-    row_in_smem_entry(262144, 256, 128, 8),
-    row_in_smem_entry(524288, 512, 128, 8),
+    with_prefetch({65536, 256, 64, 1, 4, 0, 512}),
+    with_prefetch({131072, 256, 64, 1, 8, 0, 512}),
+    with_prefetch({262144, 512, 64, 1, 8, 0, 512}),
+    with_prefetch({524288, 512, 64, 1, 16, 0, 512}),
     // As the 16-bit table (tune v17: N=262144 66.7%; 8 x 1024 threads 64.3;
     // the fallback kernel before, in the v15 benchmark, 23.7).
     row_in_smem_entry(1048576, 512, 128, 16),

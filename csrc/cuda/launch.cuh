@@ -296,10 +296,10 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   constexpr int kItems = c.bytes_per_thread / 16;
   constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
   auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
-                              c.stages, kShifted, c.persistent, c.params_in_smem>;
+                              c.stages, kShifted, c.persistent, c.params_in_smem, c.prefetch_row>;
   constexpr size_t kSmem =
       forward_smem_bytes<W, kVec, kItems, cta_threads(c), kMinCtas, c.stages, kShifted,
-                         c.persistent, c.params_in_smem>();
+                         c.persistent, c.params_in_smem, c.prefetch_row>();
   static ResidencyCache cache{};
   // 0: the kernel's shared memory does not fit a CTA here. (Also sets the
   // kernel's shared-memory limit on first use, which one-pass grids need too.)
