@@ -301,10 +301,10 @@ inline constexpr KernelConfig kForwardConfigs32[] = {
     // per SM ran at 64-74% of copy in the benchmark (the v10 sweep's 93%
     // was taken before a change that raised it from 64 registers).
     {32768, 512, 64, 1, 1, 0, 0, kGrid},
-    // 128 bytes per thread, one CTA per row on a one-pass grid, where they
-    // fill at least 4/5 of the threads (tune v13: N=12288 86.9%, 14336 88.5,
-    // 16384 90.9; the persistent staged 64-byte entries 85.0, 83.5, 82.9;
-    // but N=10240 on 384 x 128 B: 80.0, on 768 x 64 B staged: 85.6).
+    // 32-44 KiB: one persistent 768-thread CTA per SM, a row staged ahead
+    // (tune v13: N=10240 85.6%; on 384 x 128 B one-pass 80.0). (The 48 and
+    // 64 KiB rows ran on 128-byte one-pass entries from v13 to v23: N=12288
+    // 86.9, 16384 90.9 in tune v13.)
     {45056, 768, 64, 1, 1, 1, 512},
     // From 44 KiB (but the 52 KiB entry), as the 16-bit table's long rows:
     // clusters loading the next row ahead, statistics merged in one exchange
