@@ -130,9 +130,10 @@ def test_long_rows_many_per_cluster(dtype, wdtype, n):
 def test_cluster_rows_uneven_parts(dtype, n, rows_of):
     """Rows split over a cluster whose CTAs each merge the mean and squared deviations of
     their own columns in one exchange: rows whose parts have very different means (a ramp
-    from -8 to 8 with noise, on an offset of 20), and rows constant over each eighth with a
-    different value in each (no variance inside a CTA's part, all of it between parts).
-    Statistics, output and both backwards against the float64 reference."""
+    from -8 to 8 with noise, on an offset of 20; a CTA's columns are blocks spread over the
+    row), and rows of eight constant stretches of different values (no noise: all variance
+    from the steps, each CTA's part spanning a few of them). Statistics, output and both
+    backwards against the float64 reference."""
     rows = 40
     col = torch.arange(n, dtype=torch.float64) / n
     if rows_of == "ramp":
