@@ -57,11 +57,12 @@ def _boundary_ns(dtype):
     return sorted(n for n in ns if n >= 1)
 
 
-def _check_rows(rows, n, dtype, wdtype=None, **kwargs):
-    """Fresh random rows x n (weights of wdtype, else dtype) through the forward and both
-    backward ops against the float64 reference; a failure names the shape."""
+def _check_rows(rows, n, dtype, wdtype=None, x=None, **kwargs):
+    """Fresh random rows x n (or the given x; weights of wdtype, else dtype) through the
+    forward and both backward ops against the float64 reference; a failure names the
+    shape."""
     wdtype = wdtype or dtype
-    x = make_input((rows, n), dtype, "cuda")
+    x = make_input((rows, n), dtype, "cuda") if x is None else x
     w, b = make_params([n], wdtype, "cuda")
     g = make_grad((rows, n), dtype, "cuda")
     try:
@@ -140,13 +141,7 @@ def test_cluster_rows_uneven_parts(dtype, n, rows_of):
         x = 20 + 16 * (col - 0.5) + 0.5 * torch.randn(rows, n, dtype=torch.float64)
     else:
         x = (torch.randn(rows, 8, dtype=torch.float64) * 3).repeat_interleave(-(-n // 8), dim=1)[:, :n]
-    x = x.to(device="cuda", dtype=dtype)
-    w, b = make_params([n], dtype, "cuda")
-    g = make_grad((rows, n), dtype, "cuda")
-    try:
-        check_against_reference(x, [n], w, b, g, autograd=False)
-    except AssertionError as e:
-        raise AssertionError(f"N={n}, {dtype}, {rows_of}: {e}") from e
+    _check_rows(rows, n, dtype, x=x.to(device="cuda", dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),

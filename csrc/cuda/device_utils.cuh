@@ -332,7 +332,10 @@ __device__ __forceinline__ void allow_dependent_launch() {
 // through mbarriers (store_to_peer): for kernels that hold loads in flight
 // across the reduction (the backward's next row), which the cluster
 // barrier's fence waited for. Kernels that stage their rows with cp.async
-// measured slower with the mbarriers (docs/kernels.md, session 17).
+// measured slower with the mbarriers (docs/kernels.md, session 17). sum()
+// reduces over the whole row; cta_sum() over the CTA's part only, and
+// combine_parts() then exchanges one value per CTA for the kernel to merge
+// (the forward's per-CTA statistics, session 18).
 template <int TPR, int ROWS, int CLUSTER, typename V, bool ASYNC_EXCHANGE = false>
 struct RowReducer {
   static_assert(CLUSTER == 1 || ROWS == 1, "a cluster holds one row");
@@ -375,11 +378,11 @@ struct RowReducer {
   }
 
   // Every thread of the kernel calls this last. Each peer stores into a
-  // CTA's slots once per reduction, before the cluster barrier of that
-  // reduction (or, kAsync, landing before its mbarrier phase completes), so
-  // once a CTA is past its last reduction nothing touches its shared memory
-  // any more and it may exit; a CTA that reduced nothing completes the wait
-  // that pairs with its first arrive.
+  // CTA's slots once per exchange, before the cluster barrier of that
+  // exchange (or, kAsync, landing before its mbarrier phase completes), so
+  // once a CTA is past its last exchange nothing touches its shared memory
+  // any more and it may exit; a CTA that exchanged nothing completes the
+  // wait that pairs with its first arrive.
   __device__ __forceinline__ void finish() {
     if constexpr (CLUSTER > 1) {
       if (!peers_started) {

@@ -141,8 +141,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
   // kMerge: the columns each rank of the cluster holds (rank r: for each
-  // item, TPR chunks from chunk item * kRowThreads + r * TPR), and 1 / this
-  // rank's (0 if it holds none).
+  // item, TPR chunks from chunk item * kRowThreads + r * TPR). inv_cols: 1 /
+  // the columns the statistics below are first taken over: the row's, or
+  // with kMerge this rank's (0 if it holds none).
   __shared__ float rank_cols[kMerge ? CLUSTER : 1];
   float inv_cols = inv_n;
   if constexpr (kMerge) {
@@ -259,12 +260,14 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     // PREFETCH: the next row in flight from here on.
     Pack<T, VEC> next_packs[PREFETCH ? ITEMS : 1];
     if constexpr (PREFETCH) prefetch_row(next_packs, row + stride);
-    // kMerge: the mean of this CTA's columns.
+    // The row's sums, or with kMerge this CTA's part of them (merged below;
+    // the reductions written out in both branches: through a lambda, 25
+    // kernels' code changed). kMerge: mean0 is the mean of this CTA's columns.
     float mean0;
     if constexpr (kMerge) {
       mean0 = reducer.cta_sum(make_float2(sum, 0.f)).x * inv_cols;
     } else {
-      mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_n;
+      mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_cols;
     }
 
     // Corrected two-pass: the deviations' sum corrects the rounding of the
@@ -313,42 +316,40 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       }
       dev = make_float2(tree_sum(dev_sums), tree_sum(dev_squares));
     }
-    float mean, corr, var;  // mean = mean0 + corr
     if constexpr (kMerge) {
-      // This CTA's mean and sum of squared deviations, merged with the
-      // other ranks' in rank order (deterministic): the row's mean is rank
-      // 0's plus the others' weighted differences from it (a constant row
-      // gives exactly its value), the squared deviations add with
+      dev = reducer.cta_sum(dev);
+    } else {
+      dev = reducer.sum(dev);
+    }
+    float corr = dev.x * inv_cols;  // mean = mean0 + corr
+    float mean = mean0 + corr;
+    float m2 = fmaxf(dev.y - dev.x * corr, 0.f);  // sum of squared deviations from mean
+    if constexpr (kMerge) {
+      // This CTA's mean and squared deviations, merged with the other
+      // ranks' in rank order (deterministic): the row's mean is rank 0's
+      // plus the others' weighted differences from it (a constant row gives
+      // exactly its value), the squared deviations add with
       //   cols_r * (mean_r - mean)^2
       // for each rank's distance from the row's mean.
-      dev = reducer.cta_sum(dev);
-      const float local_corr = dev.x * inv_cols;
-      const float2 part =
-          make_float2(mean0 + local_corr, fmaxf(dev.y - dev.x * local_corr, 0.f));
-      const float2 stats = reducer.combine_parts(part, [&](const float2* parts) {
+      const float2 stats = reducer.combine_parts(make_float2(mean, m2), [&](const float2* parts) {
         const float first = parts[0].x;
         float shift_sum = 0.f;
 #pragma unroll
         for (int r = 1; r < CLUSTER; ++r) shift_sum = fmaf(rank_cols[r], parts[r].x - first, shift_sum);
         const float row_mean = first + shift_sum * inv_n;
-        float m2 = 0.f;
+        float row_m2 = 0.f;
 #pragma unroll
         for (int r = 0; r < CLUSTER; ++r) {
           const float d = parts[r].x - row_mean;
-          m2 += fmaf(rank_cols[r] * d, d, parts[r].y);
+          row_m2 += fmaf(rank_cols[r] * d, d, parts[r].y);
         }
-        return make_float2(row_mean, m2);
+        return make_float2(row_mean, row_m2);
       });
       mean = stats.x;
       corr = mean - mean0;
-      var = stats.y * inv_n;
-    } else {
-      dev = reducer.sum(dev);
-      corr = dev.x * inv_n;
-      mean = mean0 + corr;
-      var = fmaxf(dev.y - dev.x * corr, 0.f) * inv_n;
+      m2 = stats.y;
     }
-    const float rstd = rsqrtf(var + p.eps);
+    const float rstd = rsqrtf(m2 * inv_n + p.eps);
 
     if (row_ok) {
       // Weight/bias chunks from L1/L2 (kHoistParams) are all requested
