@@ -804,17 +804,19 @@ def run_job(shape: Shape, providers: Sequence[str], ctx: Context, seed: int) -> 
 # --------------------------------------------------------------------------- baseline and summary
 
 
-def load_baseline(path: Optional[str]) -> Tuple[Optional[str], List[dict]]:
+def load_baseline(path: Optional[str]) -> Tuple[Optional[str], List[dict], Optional[str]]:
+    """(path, rows, the card the baseline was measured on) of the peers' baseline file."""
     candidates = [Path(path)] if path else list(DEFAULT_BASELINES)
     for candidate in candidates:
         if candidate.is_file():
             try:
-                return str(candidate), json.loads(candidate.read_text())["rows"]
+                base = json.loads(candidate.read_text())
+                return str(candidate), base["rows"], base.get("device")
             except Exception as exc:  # noqa: BLE001
                 log(f"baseline {candidate} unreadable: {short_error(exc)}")
-                return None, []
+                return None, [], None
     log(f"no baseline file found (looked at {', '.join(map(str, candidates))})")
-    return None, []
+    return None, [], None
 
 
 def baseline_best(rows: List[dict], dtype: str, wdtype: str, M: int, N: int, tag: str) -> dict:
@@ -905,7 +907,8 @@ def summary_text(data: dict) -> str:
     out = [f"==== fastlayernorm summary: {data['device']} | copy {data['copy_gbs']:.0f} GB/s | "
            f"{data['timer']} ====",
            "fastlayernorm % of copy | best live peer % (t torch, c compile, l liger, a apex) | "
-           "x = best peer ms / fastlayernorm ms | base = best peer % in the baseline file (same M, N)",
+           "x = best peer ms / fastlayernorm ms | base = best peer % in the baseline file "
+           f"(same M, N; measured on {data.get('baseline_device') or 'an unrecorded card'})",
            f"{'dtype':<7}{'N':>7}{'M':>8}|{'fwd%':>6}{'bwd%':>6}|{'peerF%':>7}{'B%':>7}|"
            f"{'xF':>5}{'xB':>5}|{'baseF':>6}{'B':>4}|chk"]
     latency = []
@@ -1207,7 +1210,7 @@ def resummarize(path: str, args: argparse.Namespace) -> int:
     """--resummarize: summary, plot and table again from a (possibly cut-short) result JSON."""
     json_path = Path(path)
     data = json.loads(json_path.read_text())
-    _, baseline_rows = load_baseline(args.baseline or data.get("baseline"))
+    _, baseline_rows, data["baseline_device"] = load_baseline(args.baseline or data.get("baseline"))
     png_path = None if args.no_plot else json_path.with_suffix(".png")
     return finish(data, baseline_rows, png_path, json_path, None)
 
@@ -1238,7 +1241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"!!!!!!!! FASTLAYERNORM UNAVAILABLE: {unavailable[FLN]} -- timing peers only")
     providers = [p for p in args.providers if p in available]
 
-    baseline_path, baseline_rows = load_baseline(args.baseline)
+    baseline_path, baseline_rows, baseline_device = load_baseline(args.baseline)
     copy = measure_copy(device, int(args.copy_gib * (1 << 30)), args)
     log(f"copy ceiling: {copy['copy_gbs']:.0f} GB/s ({args.copy_gib:g} GiB buffer, read+write)")
 
@@ -1249,7 +1252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "device": device_name(device), "device_tag": tag, **environment(device), "date": date,
         "timer": timer, "note": make_note(args, timer), **copy, "config": config,
         "providers": {"available": list(available), "unavailable": unavailable},
-        "baseline": baseline_path, "json_path": str(json_path), "png_path": None,
+        "baseline": baseline_path, "baseline_device": baseline_device,
+        "json_path": str(json_path), "png_path": None,
         "rows": [], "summary": [], "skipped": [], "stopped": None, "failures": [], "elapsed_s": 0.0,
     }
     if FLN in unavailable:

@@ -66,7 +66,8 @@ def plot(data: Union[dict, str, Path], png_path: Union[str, Path]) -> Optional[P
             for j, (mode, mode_name) in enumerate(modes):
                 _panel(axes[i][j], _series(rows, pair, mode),
                        _baseline_series(data.get("summary", []), pair, mode),
-                       f"{DTYPE_LABEL.get(pair, '/'.join(pair))} {mode_name}")
+                       f"{DTYPE_LABEL.get(pair, '/'.join(pair))} {mode_name}",
+                       data.get("baseline_device"))
         sep = " - " if len(modes) > 1 else "\n"  # one column: the title on two lines
         fig.suptitle(f"LayerNorm bandwidth as % of a device copy ({data['copy_gbs']:.0f} GB/s)"
                      f"{sep}{data['device']} - {data['date']}")
@@ -82,7 +83,7 @@ def plot(data: Union[dict, str, Path], png_path: Union[str, Path]) -> Optional[P
         return None
 
 
-def _panel(ax, series, baseline, title) -> None:
+def _panel(ax, series, baseline, title, baseline_device=None) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ax.set_title(title)
@@ -96,7 +97,9 @@ def _panel(ax, series, baseline, title) -> None:
                 label=provider, linewidth=2.2 if provider == "fastlayernorm" else 1.2, markersize=4)
     if baseline:
         ax.plot([n for n, _ in baseline], [v for _, v in baseline], "--", color="grey",
-                label="best peer (baseline file)", linewidth=1)
+                label="best peer (baseline file" + (f", {baseline_device.split(' (')[0]})"
+                                                     if baseline_device else ")"),
+                linewidth=1)
     ax.axhline(100, color="black", linestyle=":", linewidth=0.8)
     ax.set_xscale("log", base=2)
     if sizes:
