@@ -23,7 +23,7 @@ def demangle_args(name: str) -> str:
     if len(ints) >= 6:
         # <..., VEC, ITEMS, TPR, ROWS, CLUSTER, [PART_GROUPS: backward], MIN_CTAS,
         # STAGES, bools>: forward shifted, persistent, (params in shared
-        # memory: not shown), prefetch; backward acc_smem, from_output,
+        # memory: not shown), prefetch, exact; backward acc_smem, from_output,
         # shifted, prefetch, smem_weight.
         bwd = "bwd" in label
         vec, items, tpr, rows, cluster = ints[:5]
@@ -33,7 +33,7 @@ def demangle_args(name: str) -> str:
         stages = rest[1] if len(rest) > 1 else "0"
         flags = re.findall(r"Lb([01])E", name)
         names = (["acc_smem", "from_output", "shifted", "prefetch", "smem_weight"] if bwd
-                 else ["shifted", "persistent", "", "prefetch"])
+                 else ["shifted", "persistent", "", "prefetch", "exact"])
         on = [n for n, f in zip(names, flags) if f == "1" and n]
         if bwd and "prefetch" in on and ("shifted" in on or stages != "0"):
             on.remove("prefetch")  # the kernel ignores it there (backward.cuh kPrefetch)

@@ -264,6 +264,10 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
             # Backward bit 6 (64): with bit 5, the weight in shared memory
             # (weight_in_smem).
             smem_weight = c["dir"] == "bwd" and bool(flag & 64)
+            # Forward bit 5 (32): the generic kernel also where N fills the
+            # mapping exactly (exact_rows false; by default those rows run on
+            # the kernel compiled for that N).
+            exact_rows = not (c["dir"] == "fwd" and flag & 32)
             ctype = DTYPES[c["dtype"]][0]
             wtype = "float" if c["w32"] else ctype
             shifted = "true" if c["shifted"] else "false"
@@ -271,7 +275,8 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                       f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
                       f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
                       f"{part_groups}, {'true' if params_in_smem else 'false'}, "
-                      f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}}}")
+                      f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}, "
+                      f"0, 0, 0, 0, 0, {'true' if exact_rows else 'false'}}}")
             lines.append(f"struct Cfg{idx} {{ static constexpr KernelConfig config = {config}; }};")
             if c["dir"] == "fwd":
                 lines.append(
@@ -354,7 +359,10 @@ def main():
                     help="time these candidates at every size they hold instead of the sweep "
                          "(with --table: besides the tables' entries): ';'-separated tuples "
                          "tpr,bytes_per_thread,rows,cluster,stages,min_threads,flag[,N] (with N: "
-                         "at that N only, for the dtypes whose rows fill more than half of it)")
+                         "at that N only, for the dtypes whose rows fill more than half of it); "
+                         "forward flag bits: 1 persistent, 2 row in shared memory, 4 weight/bias "
+                         "from L1/L2, 8 next row prefetched, 32 the generic kernel also for rows "
+                         "that fill the mapping exactly")
     ap.add_argument("--weight-fp32", action="store_true",
                     help="float32 weight/bias (and dweight/dbias) with 16-bit rows")
     ap.add_argument("--bwd-dx-only", action="store_true",

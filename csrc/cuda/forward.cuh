@@ -99,14 +99,23 @@ constexpr size_t forward_smem_bytes() {
 // al.; RowReducer's ASYNC_EXCHANGE: the cluster barrier's fence would wait
 // for the loads in flight). Exchanging the row's sum and then its deviations
 // measured 0.2-1.1 points slower (tune v24).
+//
+// EXACT: compiled for N = ITEMS * VEC * TPR, the rows that fill the mapping
+// (one CTA per row group, N a multiple of VEC): N and 1/N are constants and
+// every chunk is in the row, so no bounds check or masking is left. At
+// short rows the generic kernel's per-thread bookkeeping is most of its
+// instructions, and on an H200 those kernels are bound by instruction issue,
+// not memory (docs/kernels.md, session 19).
 template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
           int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT, bool PARAMS_SMEM,
-          bool PREFETCH = false>
+          bool PREFETCH = false, bool EXACT = false>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W, O> p) {
   static_assert(PERSISTENT || STAGES == 0, "rows are staged ahead only by a CTA that loops");
   static_assert(!PREFETCH || (PERSISTENT && STAGES == 0),
                 "the next row is loaded into registers by a looping CTA that stages none");
+  static_assert(!EXACT || (!SHIFTED && CLUSTER == 1 && !PREFETCH),
+                "exact rows are whole chunks held by one CTA");
   constexpr bool kMerge = PREFETCH && CLUSTER > 1;
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
@@ -133,10 +142,12 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
 
   const int slot = threadIdx.x / TPR;  // which of the CTA's rows
   const int thread_in_row = cluster_rank<CLUSTER>() * TPR + threadIdx.x % TPR;
+  // EXACT: every chunk (j0 < n below) is in the row.
+  if constexpr (EXACT) __builtin_assume(thread_in_row < TPR);
   const int64_t groups = gridDim.x / CLUSTER;
   const int64_t group = blockIdx.x / CLUSTER;
   const int64_t stride = groups * ROWS;
-  const int n = p.cols;
+  const int n = EXACT ? ITEMS * VEC * TPR : p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
@@ -263,11 +274,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     // The row's sums, or with kMerge this CTA's part of them (merged below;
     // the reductions written out in both branches: through a lambda, 25
     // kernels' code changed). kMerge: mean0 is the mean of this CTA's columns.
+    // mean0 rounded on its own (__fmul_rn: not contracted into x - sum / N,
+    // which a constant 1/N invites), so that x - mean0 is exact for x near it.
     float mean0;
     if constexpr (kMerge) {
-      mean0 = reducer.cta_sum(make_float2(sum, 0.f)).x * inv_cols;
+      mean0 = __fmul_rn(reducer.cta_sum(make_float2(sum, 0.f)).x, inv_cols);
     } else {
-      mean0 = reducer.sum(make_float2(sum, 0.f)).x * inv_cols;
+      mean0 = __fmul_rn(reducer.sum(make_float2(sum, 0.f)).x, inv_cols);
     }
 
     // Corrected two-pass: the deviations' sum corrects the rounding of the

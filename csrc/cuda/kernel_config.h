@@ -72,6 +72,11 @@ struct KernelConfig {
   int shifted_cluster = 0;
   int shifted_stages = 0;
   int shifted_min_threads = 0;
+  // Forward, register entries of one CTA per row group: rows of exactly the
+  // mapping's size (N = tpr * bytes_per_thread / element size) run on a
+  // kernel compiled for that N, with no bounds checks (forward.cuh EXACT);
+  // false only to time the generic kernel there (benchmarks/tune_kernels.py).
+  bool exact_rows = true;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of

@@ -287,7 +287,10 @@ bool launch_forward_row_in_smem(Entry, const ForwardParams<T, W, O>& p, cudaStre
   return true;
 }
 
-// Launches the register forward kernel of `Entry`.
+// Launches the register forward kernel of `Entry`; rows that fill its
+// mapping exactly (N = tpr * bytes_per_thread / sizeof(T): the table's
+// entries end at the common hidden sizes) on the kernel compiled for that N
+// (EXACT in forward.cuh), where the entry allows it (exact_rows).
 template <typename T, typename W, bool kShifted, typename Entry, typename O>
 bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
                                      cudaStream_t stream) {
@@ -295,24 +298,46 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kItems = c.bytes_per_thread / 16;
   constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
-  auto kernel = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
-                              c.stages, kShifted, c.persistent, c.params_in_smem, c.prefetch_row>;
   constexpr size_t kSmem =
       forward_smem_bytes<W, kVec, kItems, cta_threads(c), kMinCtas, c.stages, kShifted,
                          c.persistent, c.params_in_smem, c.prefetch_row>();
+  // `resident`: resident_groups() of the kernel (0: its shared memory does
+  // not fit a CTA here; the first call also sets its shared-memory limit,
+  // which one-pass grids need too).
+  auto launch = [&](auto kernel, int64_t resident) {
+    if (resident == 0) return false;
+    // One-pass grids give every `rows` rows their CTA (more than a grid holds
+    // only for tensors far beyond any GPU's memory; the fallback takes those).
+    const int64_t all_rows = ceil_div(p.rows, c.rows);
+    if (!c.persistent && all_rows > (int64_t{1} << 30)) return false;
+    int64_t groups = c.persistent ? std::min(all_rows, resident) : all_rows;
+    if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
+    launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
+    return true;
+  };
+  auto generic = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                               c.stages, kShifted, c.persistent, c.params_in_smem, c.prefetch_row>;
   static ResidencyCache cache{};
-  // 0: the kernel's shared memory does not fit a CTA here. (Also sets the
-  // kernel's shared-memory limit on first use, which one-pass grids need too.)
-  const int64_t resident = resident_groups(kernel, cta_threads(c), c.cluster, kSmem, cache);
-  if (resident == 0) return false;
-  // One-pass grids give every `rows` rows their CTA (more than a grid holds
-  // only for tensors far beyond any GPU's memory; the fallback takes those).
-  const int64_t all_rows = ceil_div(p.rows, c.rows);
-  if (!c.persistent && all_rows > (int64_t{1} << 30)) return false;
-  int64_t groups = c.persistent ? std::min(all_rows, resident) : all_rows;
-  if (kShifted) groups = shift_uniform_groups(groups, kVec, c.persistent);
-  launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
-  return true;
+  // Not for the autocast path (O = float): fewer instantiations to compile.
+  if constexpr (c.exact_rows && !kShifted && c.cluster == 1 && !c.prefetch_row &&
+                std::is_same_v<O, T>) {
+    if (p.cols == kItems * kVec * c.tpr) {
+      auto exact = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                                 c.stages, kShifted, c.persistent, c.params_in_smem,
+                                 c.prefetch_row, true>;
+      static ResidencyCache exact_cache{};
+      // Only where as many of its CTAs are resident as of the generic kernel's:
+      // the constant N can cost registers (float32 N=6144: 90 against 72, one
+      // 384-thread CTA per SM instead of two, 54% of copy against 79 on an H200).
+      const int64_t resident =
+          resident_groups(exact, cta_threads(c), c.cluster, kSmem, exact_cache);
+      if (resident > 0 &&
+          resident >= resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache)) {
+        return launch(exact, resident);
+      }
+    }
+  }
+  return launch(generic, resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache));
 }
 
 // The forward kernel of `Entry`'s mapping.
