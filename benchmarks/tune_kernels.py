@@ -275,8 +275,9 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                       f"{rows}, {cluster}, {stages}, {min_threads}, {'true' if persistent else 'false'}, "
                       f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
                       f"{part_groups}, {'true' if params_in_smem else 'false'}, "
-                      f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}, "
-                      f"0, 0, 0, 0, 0, {'true' if exact_rows else 'false'}}}")
+                      f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}}}")
+            if not exact_rows:
+                config = f"without_exact_rows({config})"
             lines.append(f"struct Cfg{idx} {{ static constexpr KernelConfig config = {config}; }};")
             if c["dir"] == "fwd":
                 lines.append(

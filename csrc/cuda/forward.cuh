@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   static_assert(PERSISTENT || STAGES == 0, "rows are staged ahead only by a CTA that loops");
   static_assert(!PREFETCH || (PERSISTENT && STAGES == 0),
                 "the next row is loaded into registers by a looping CTA that stages none");
-  static_assert(!EXACT || (!SHIFTED && CLUSTER == 1 && !PREFETCH),
+  static_assert(!EXACT || forward_has_exact_kernel(SHIFTED, CLUSTER, PREFETCH),
                 "exact rows are whole chunks held by one CTA");
   constexpr bool kMerge = PREFETCH && CLUSTER > 1;
   constexpr int kThreads = TPR * ROWS;
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int64_t groups = gridDim.x / CLUSTER;
   const int64_t group = blockIdx.x / CLUSTER;
   const int64_t stride = groups * ROWS;
-  const int n = EXACT ? ITEMS * VEC * TPR : p.cols;
+  const int n = EXACT ? forward_exact_cols(VEC, ITEMS, TPR) : p.cols;
   const float inv_n = 1.f / static_cast<float>(n);
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here

@@ -125,6 +125,21 @@ constexpr KernelConfig params_from_cache(KernelConfig c) {
   return c;
 }
 
+// A forward entry whose exact rows take the generic kernel too (see
+// KernelConfig::exact_rows; for timing that kernel there).
+constexpr KernelConfig without_exact_rows(KernelConfig c) {
+  c.exact_rows = false;
+  return c;
+}
+
+// Forward register kernels that have an exact-row twin (forward.cuh EXACT):
+// rows of whole chunks held by one CTA, no next-row pipeline. Their rows are
+// exact at N = forward_exact_cols (the mapping's elements).
+constexpr bool forward_has_exact_kernel(bool shifted, int cluster, bool prefetch_row) {
+  return !shifted && cluster == 1 && !prefetch_row;
+}
+constexpr int forward_exact_cols(int vec, int items, int tpr) { return vec * items * tpr; }
+
 // A forward entry whose row lives in shared memory: `threads` per CTA,
 // `bytes_per_thread` of the row each, `cluster` CTAs per row; one-pass, or
 // persistent with `stages` rows loading ahead.

@@ -318,10 +318,11 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   auto generic = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
                                c.stages, kShifted, c.persistent, c.params_in_smem, c.prefetch_row>;
   static ResidencyCache cache{};
+  const int64_t resident = resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache);
   // Not for the autocast path (O = float): fewer instantiations to compile.
-  if constexpr (c.exact_rows && !kShifted && c.cluster == 1 && !c.prefetch_row &&
+  if constexpr (c.exact_rows && forward_has_exact_kernel(kShifted, c.cluster, c.prefetch_row) &&
                 std::is_same_v<O, T>) {
-    if (p.cols == kItems * kVec * c.tpr) {
+    if (p.cols == forward_exact_cols(kVec, kItems, c.tpr)) {
       auto exact = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
                                  c.stages, kShifted, c.persistent, c.params_in_smem,
                                  c.prefetch_row, true>;
@@ -329,15 +330,12 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
       // Only where as many of its CTAs are resident as of the generic kernel's:
       // the constant N can cost registers (float32 N=6144: 90 against 72, one
       // 384-thread CTA per SM instead of two, 54% of copy against 79 on an H200).
-      const int64_t resident =
+      const int64_t exact_resident =
           resident_groups(exact, cta_threads(c), c.cluster, kSmem, exact_cache);
-      if (resident > 0 &&
-          resident >= resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache)) {
-        return launch(exact, resident);
-      }
+      if (exact_resident > 0 && exact_resident >= resident) return launch(exact, exact_resident);
     }
   }
-  return launch(generic, resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache));
+  return launch(generic, resident);
 }
 
 // The forward kernel of `Entry`'s mapping.
