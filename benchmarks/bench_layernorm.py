@@ -1150,7 +1150,12 @@ def environment(device: torch.device) -> Dict[str, object]:
         env["triton"] = None
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
-        env["l2_bytes"] = torch.cuda.get_device_properties(device).L2_cache_size
+        props = torch.cuda.get_device_properties(device)
+        env["l2_bytes"] = props.L2_cache_size
+        env["memory_peak_gbs"] = round(2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8 / 1e9)
+        # Which kernel tables fastlayernorm takes: by the card's memory bandwidth, unless
+        # forced (csrc/cuda/launch.cuh, fast_memory_card).
+        env["fast_memory_tables_forced"] = os.environ.get("FASTLAYERNORM_FAST_MEMORY_TABLES")
     return env
 
 

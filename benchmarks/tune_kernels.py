@@ -72,12 +72,25 @@ def row_in_smem_candidates(row_bytes: int):
     return out
 
 
-def table_configs(direction: str, dtype: str):
+def table_configs(direction: str, dtype: str, fast_memory: bool = False):
     """The entries of a kernel table of csrc/cuda/kernel_config.h, as
-    (max_row_bytes, candidate tuple) pairs in table order (--table)."""
+    (max_row_bytes, candidate tuple) pairs in table order (--table); with
+    fast_memory, the table of cards of faster memory (the H100's with the
+    entries of its changes list merged in by max_row_bytes, as merge_entries)."""
+    prefix = "kForward" if direction == "fwd" else "kBackward"
+    width = "32" if DTYPES[dtype][1] == 4 else "16"
+    out = _parse_entries(direction, f"{prefix}Configs{width}")
+    if fast_memory:
+        merged = {e[0]: e for e in out}
+        merged.update({e[0]: e for e in _parse_entries(direction, f"{prefix}Changes{width}FastMemory")})
+        out = [merged[mx] for mx in sorted(merged)]
+    return out
+
+
+def _parse_entries(direction: str, name: str):
+    """The entries of the array `name` of csrc/cuda/kernel_config.h, as
+    (max_row_bytes, candidate tuple[, shifted mapping]) in array order."""
     text = (REPO / "csrc" / "cuda" / "kernel_config.h").read_text()
-    name = ("kForwardConfigs" if direction == "fwd" else "kBackwardConfigs") + \
-        ("32" if DTYPES[dtype][1] == 4 else "16")
     body = text.split(f"{name}[] = {{", 1)[1].split("\n};", 1)[0]
     words = {"kGrid": 0, "false": 0, "true": 1, "kAccSmem": 1}
     out = []
@@ -133,11 +146,12 @@ def table_configs(direction: str, dtype: str):
     return out
 
 
-def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = False):
+def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = False,
+                    fast_memory: bool = False):
     """The table's entry for rows of row_bytes, as a candidate ([] beyond the table);
     for shifted rows of a backward entry with a shifted mapping, that mapping (no
     prefetch, no partial groups, as shifted_backward_config makes it)."""
-    for mx, cfg, *shifted_map in table_configs(direction, dtype):
+    for mx, cfg, *shifted_map in table_configs(direction, dtype, fast_memory):
         if row_bytes <= mx:
             if shifted and shifted_map:
                 tpr, bpt, cluster, stages, min_threads = shifted_map[0]
@@ -148,7 +162,7 @@ def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = 
 
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2), part_groups=(1,),
-               fwd_params=(0,)):
+               fwd_params=(0,), bwd_prefetch=False):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
     flag: the forward's grid mode, the backward's accumulator place.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
@@ -160,6 +174,9 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
     with accumulators in shared memory (flag acc | part_groups << 1);
     fwd_params: the one-pass forward's weight/bias places to try (0 shared
     memory, 4 L1/L2 after the reductions: flag bit 2);
+    bwd_prefetch: also each backward candidate with accumulators in shared
+    memory and no staged rows with its next row loaded into registers ahead
+    (flag bit 5), and that with its weight in shared memory (bit 6);
     occupancy: also fewer registers for more resident threads (forward on
     one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536;
     backward 16-byte threads in CTAs up to 1024, two CTAs per SM for CTAs of
@@ -221,6 +238,9 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                         # (A kernel whose shared memory does not fit declines: MISMATCH.)
                         for min_threads in mins + extra:
                             out.append((tpr, bpt, rows, cluster, stages, min_threads, acc))
+                            if bwd_prefetch and acc and stages == 0:
+                                out += [(tpr, bpt, rows, cluster, stages, min_threads, acc | f)
+                                        for f in (32, 96)]
                             # Partials added in clusters of part groups (accumulators
                             # in shared memory, one-row CTAs, clusters of <= 8 CTAs).
                             for pg in part_groups:
@@ -351,11 +371,18 @@ def main():
                     help="backward: CTA groups per cluster adding their dweight/dbias partials "
                          "in distributed shared memory, tried with shared-memory accumulators "
                          "(e.g. 1,2,4)")
+    ap.add_argument("--bwd-prefetch", action="store_true",
+                    help="backward: also the candidates with accumulators in shared memory and "
+                         "no staged rows loading their next row into registers ahead (with the "
+                         "weight in registers, and in shared memory)")
     ap.add_argument("--occupancy", action="store_true",
                     help="also try fewer registers per thread for more resident threads")
     ap.add_argument("--table", action="store_true",
                     help="time only the entry of the tables in csrc/cuda/kernel_config.h that "
                          "takes each size (the shipped kernel)")
+    ap.add_argument("--fast-memory", action="store_true",
+                    help="with --table: the tables of cards of faster memory (H200; "
+                         "kernel_config.h's fast-memory tables) instead of the H100's")
     ap.add_argument("--configs", default="",
                     help="time these candidates at every size they hold instead of the sweep "
                          "(with --table: besides the tables' entries): ';'-separated tuples "
@@ -393,7 +420,7 @@ def main():
         part_groups = tuple(int(g) for g in args.part_groups.split(","))
         fwd_params = tuple(int(g) for g in args.fwd_params.split(","))
         if args.table or args.configs:
-            cfgs = table_candidate(d, dt, row_bytes, shifted) if args.table else []
+            cfgs = table_candidate(d, dt, row_bytes, shifted, args.fast_memory) if args.table else []
             # 8 numbers: the candidate at that N only, for the dtypes it fits
             # closely (rows of more than half its capacity).
             cfgs += [c[:7] for c in explicit
@@ -401,7 +428,7 @@ def main():
                      and (len(c) == 7 or (c[7] == n and c[0] * c[1] * c[3] < 2 * row_bytes))]
         else:
             cfgs = candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
-                              fwd_stages, part_groups, fwd_params)
+                              fwd_stages, part_groups, fwd_params, args.bwd_prefetch)
         for cfg in cfgs:
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted,
                          "w32": w32 and esz == 2})

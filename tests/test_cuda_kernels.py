@@ -8,7 +8,11 @@ without a GPU.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,14 +88,36 @@ def test_every_size_range(dtype):
         _check_rows(3 if n > 16384 else 5, n, dtype)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fast_memory", ["0", "1"])
+def test_tables_of_each_memory_class(fast_memory):
+    """Both sets of kernel tables on this card (kernel_config.h: the H100's, and those of
+    cards of faster memory, which launch.cuh picks by the card's memory bandwidth), forced
+    by FASTLAYERNORM_FAST_MEMORY_TABLES in a fresh process: every size range and the row
+    counts against the float64 reference."""
+    env = dict(os.environ, FASTLAYERNORM_FAST_MEMORY_TABLES=fast_memory)
+    here = Path(__file__).resolve().parent
+    workers = min(8, max(1, (os.cpu_count() or 2) // 2))
+    parallel = ["-n", str(workers)] if importlib.util.find_spec("xdist") and workers > 1 else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(here / "test_cuda_kernels.py"), "-q", "-x",
+         "-p", "no:cacheprovider", *parallel, "-k", "test_every_size_range or test_row_counts"],
+        env=env, cwd=here, capture_output=True, text=True, timeout=1800)
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", tail)
+    assert passed and int(passed.group(1)) >= 20 and "skipped" not in tail, tail
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n", [64, 768, 1024, 2048, 3072, 4099, 6144, 8192])
+@pytest.mark.parametrize("n", [64, 768, 1024, 1536, 2048, 3072, 4099, 5120, 6144, 8192])
 def test_row_counts(dtype, n):
     """Row counts around the CTA / persistent-grid edges: the dweight/dbias partial
-    sums per CTA group, the multi-row CTAs (N=1024: two rows per CTA whose accumulators
-    are added before its one partial row) and the CTAs that load their next row while
-    finishing one (bfloat16 N=2048-8192, float32 N=2048: the last row's next is past
-    the end)."""
+    sums per CTA group, the multi-row CTAs (N=1024: two or eight rows per CTA whose
+    accumulators are added before its one partial row) and the CTAs that load their next
+    row while finishing one (bfloat16 N=2048-8192, float32 N=2048; on cards of faster
+    memory also bfloat16 N=1024 and 1536, float32 N=768-6144: the last row's next is
+    past the end)."""
     for rows in [1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 263, 1000, 2049, 4097]:
         _check_rows(rows, n, dtype, torch_check=rows >= 128)
 

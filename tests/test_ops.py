@@ -317,10 +317,10 @@ def test_eps(device, dtype, eps):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n", [7, 768, 1000, 3072, 8192, 65536])
+@pytest.mark.parametrize("n", [7, 768, 1000, 1536, 3072, 8192, 65536])
 def test_constant_rows(device, dtype, n):
-    """Rows of equal values (zero variance): y is exactly the bias (x_hat = 0). (768 and
-    3072 fill their CUDA mappings exactly: the kernels compiled for one N, 1/N inexact.)"""
+    """Rows of equal values (zero variance): y is exactly the bias (x_hat = 0). (768, 1536
+    and 3072 fill their CUDA mappings exactly: the kernels compiled for one N, 1/N inexact.)"""
     vals = torch.randn(6, 1) * 3
     x = vals.expand(6, n).contiguous().to(device=device, dtype=dtype)
     w, b = make_params([n], dtype, device)

@@ -8,6 +8,7 @@
 // which stream the row from memory.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -475,5 +476,99 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
         with_smem_weight(with_prefetch({524288, 512, 64, 1, 16, 0, 512, true, kAccSmem}))),
     {1048576, 512, 128, 1, 16, 0, 512, true, kAccSmem},
 };
+
+// ---- Cards of faster memory -------------------------------------------------
+// The tables above were measured on an H100 (3.35 TB/s). A card of the same
+// SMs with much faster memory (H200: 4.8 TB/s) runs the same kernels 5-20
+// points further from its copy rate (docs/kernels.md, session 19): it needs
+// more bytes in flight per SM, and short rows become bound by instruction
+// issue. There other mappings win at some sizes, which lose on the H100 (the
+// backward's next row loaded ahead at N=1024-4096: on the H100 1-8 points
+// slower). Cards whose memory streams more than kFastMemoryBytesPerSecond
+// (launch.cuh: fast_memory_card) take the tables below for rows of whole
+// 16-byte chunks (shifted rows and the memory-saving backward keep the
+// H100's, launch.cuh): the H100's with these entries merged in
+// (merge_entries: an entry replaces the one of the same max_row_bytes, or is
+// inserted before the next larger one, splitting its range). Measured on an
+// H200 (benchmarks/tune_kernels.py; % of copy).
+constexpr double kFastMemoryBytesPerSecond = 4e12;
+
+// Entries of `base` with `changes` merged in by max_row_bytes (both sorted).
+template <size_t N, size_t M>
+constexpr size_t merged_size(const KernelConfig (&base)[N], const KernelConfig (&changes)[M]) {
+  size_t size = N;
+  for (size_t j = 0; j < M; ++j) {
+    if (j > 0 && changes[j].max_row_bytes <= changes[j - 1].max_row_bytes) {
+      throw "merge_entries: changes must be sorted by max_row_bytes";
+    }
+    bool replaces = false;
+    for (size_t i = 0; i < N; ++i) {
+      replaces = replaces || base[i].max_row_bytes == changes[j].max_row_bytes;
+    }
+    if (!replaces) ++size;
+  }
+  return size;
+}
+template <size_t S, size_t N, size_t M>
+constexpr std::array<KernelConfig, S> merge_entries(const KernelConfig (&base)[N],
+                                                    const KernelConfig (&changes)[M]) {
+  std::array<KernelConfig, S> out{};
+  size_t i = 0, j = 0, k = 0;
+  while (i < N || j < M) {
+    if (j < M && (i == N || changes[j].max_row_bytes <= base[i].max_row_bytes)) {
+      if (i < N && changes[j].max_row_bytes == base[i].max_row_bytes) ++i;  // replaced
+      out[k++] = changes[j++];
+    } else {
+      out[k++] = base[i++];
+    }
+  }
+  return out;
+}
+
+// The table of cards of faster memory: kBase with kChanges merged in.
+template <const auto& kBase, const auto& kChanges>
+constexpr auto merged_table() {
+  return merge_entries<merged_size(kBase, kChanges)>(kBase, kChanges);
+}
+
+// Forward (tune v25a, H200, rows of exactly the mapping's size, against the
+// H100 entry's kernel in the same process): bf16 N=128 87.1% of copy
+// (83.5), N=512 88.3 (84.4); float32 N=256 89.8 (84.1), N=8192 85.1 (80.8).
+// On the H100 these mappings measured 1-8 points below its entries (v10-v16).
+inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
+    {256, 8, 32, 16, 1, 0, 1536, kGrid},
+    params_from_cache({1024, 16, 64, 8, 1, 0, 1024, kGrid}),
+};
+inline constexpr auto kForwardConfigs16FastMemory =
+    merged_table<kForwardConfigs16, kForwardChanges16FastMemory>();
+inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
+    {1024, 16, 64, 16, 1, 0, 512, kGrid},
+    params_from_cache({32768, 512, 64, 1, 1, 0, 1024, kGrid}),
+};
+inline constexpr auto kForwardConfigs32FastMemory =
+    merged_table<kForwardConfigs32, kForwardChanges32FastMemory>();
+// Backward: the next row loaded into registers ahead (tune t30, H200, bf16
+// against the H100 entries in another process of the same call): N=1024
+// 86.2% of copy (74.9) on 32 x 64 B x 8 rows, weight in shared memory;
+// N=1536 80.4 (73.6) on 192 x 16 B (rows of 3073-3584 bytes stay on 224 x
+// 16 B); N=4096 82.3 (77.2) on the H100 entry's mapping. float32: N=768
+// 89.5 (78.6), 1536 89.4 (84.8), 3072 89.5 (83.3), 5120 89.9 (80.2), 6144
+// 90.1 (80.2).
+inline constexpr KernelConfig kBackwardChanges16FastMemory[] = {
+    with_smem_weight(with_prefetch({2048, 32, 64, 8, 1, 0, 512, true, kAccSmem})),
+    with_smem_weight(with_prefetch({3072, 192, 16, 1, 1, 0, 1024, true, kAccSmem})),
+    with_smem_weight(with_prefetch({8192, 128, 64, 2, 1, 0, 512, true, kAccSmem})),
+};
+inline constexpr auto kBackwardConfigs16FastMemory =
+    merged_table<kBackwardConfigs16, kBackwardChanges16FastMemory>();
+inline constexpr KernelConfig kBackwardChanges32FastMemory[] = {
+    with_smem_weight(with_prefetch({4096, 128, 32, 2, 1, 0, 1024, true, kAccSmem})),
+    with_prefetch({7168, 128, 64, 2, 1, 0, 512, true, kAccSmem}),
+    with_prefetch({12288, 384, 32, 1, 1, 0, 1024, true, kAccSmem}),
+    with_prefetch({20480, 320, 32, 1, 2, 0, 512, true, kAccSmem}),
+    with_prefetch({24576, 384, 32, 1, 2, 0, 1024, true, kAccSmem}),
+};
+inline constexpr auto kBackwardConfigs32FastMemory =
+    merged_table<kBackwardConfigs32, kBackwardChanges32FastMemory>();
 
 }  // namespace fastlayernorm::cuda

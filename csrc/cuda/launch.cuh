@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../layer_norm.h"
@@ -74,6 +76,31 @@ inline bool hopper_launch_features() {
   }
   if (device < 64) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
   return ok;
+}
+
+// Whether the device's memory streams more than kFastMemoryBytesPerSecond
+// (its peak: twice the memory clock times the bus width), so that the
+// launchers take the fast-memory tables of kernel_config.h (H200: 4.8 TB/s)
+// instead of the H100's (3.35 TB/s). The environment variable
+// FASTLAYERNORM_FAST_MEMORY_TABLES=1 / 0 takes the one or the other on any
+// card (read once; for tests and measurements). Cached per device.
+inline bool fast_memory_card() {
+  static const int forced = [] {
+    const char* v = std::getenv("FASTLAYERNORM_FAST_MEMORY_TABLES");
+    return (v == nullptr || *v == '\0') ? -1 : (std::strcmp(v, "0") == 0 ? 0 : 1);
+  }();
+  if (forced >= 0) return forced == 1;
+  static std::array<std::atomic<int8_t>, 64> cache{};  // 0 unknown, 1 yes, -1 no
+  const int device = at::cuda::current_device();
+  if (device < 64 && cache[device].load(std::memory_order_relaxed) != 0) {
+    return cache[device].load(std::memory_order_relaxed) > 0;
+  }
+  int clock_khz = 0, bus_bits = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
+  const bool fast = 2.0 * clock_khz * 1e3 * (bus_bits / 8) > kFastMemoryBytesPerSecond;
+  if (device < 64) cache[device].store(fast ? 1 : -1, std::memory_order_relaxed);
+  return fast;
 }
 
 // A launch configuration with at most one launch attribute (a cluster
@@ -327,12 +354,17 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
                                  c.stages, kShifted, c.persistent, c.params_in_smem,
                                  c.prefetch_row, true>;
       static ResidencyCache exact_cache{};
-      // Only where as many of its CTAs are resident as of the generic kernel's:
-      // the constant N can cost registers (float32 N=6144: 90 against 72, one
-      // 384-thread CTA per SM instead of two, 54% of copy against 79 on an H200).
+      // Only where at least 7/8 as many of its CTAs are resident as of the
+      // generic kernel's: the constant N can cost registers. Its fewer
+      // instructions paid for one CTA of nine (16-bit N=1536: 64 registers
+      // against 56, 88.0% of copy against 82.1 on an H200), not for half of
+      // them (float32 N=6144: 90 against 72, one 384-thread CTA per SM
+      // instead of two, 54% against 79).
       const int64_t exact_resident =
           resident_groups(exact, cta_threads(c), c.cluster, kSmem, exact_cache);
-      if (exact_resident > 0 && exact_resident >= resident) return launch(exact, exact_resident);
+      if (exact_resident > 0 && 8 * exact_resident >= 7 * resident) {
+        return launch(exact, exact_resident);
+      }
     }
   }
   return launch(generic, resident);
@@ -392,13 +424,24 @@ bool launch_forward_registers(const ForwardArgs& a) {
   }
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto p = forward_params<T, W, O>(a);
-  return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
-      row_capacity_bytes<T>(a.cols), hopper_launch_features(), [&](auto entry) {
-        if constexpr (kShiftedKernels) {
-          if (shifted) return launch_forward_entry<T, W, true>(entry, p, stream);
-        }
-        return launch_forward_entry<T, W, false>(entry, p, stream);
-      });
+  const int64_t row_bytes = row_capacity_bytes<T>(a.cols);
+  const bool clusters_ok = hopper_launch_features();
+  if constexpr (kShiftedKernels) {
+    // Shifted rows take the H100 tables on every card: the fast-memory
+    // entries were measured on rows of whole chunks only.
+    if (shifted) {
+      return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
+          row_bytes, clusters_ok,
+          [&](auto entry) { return launch_forward_entry<T, W, true>(entry, p, stream); });
+    }
+  }
+  auto launch = [&](auto entry) { return launch_forward_entry<T, W, false>(entry, p, stream); };
+  if (fast_memory_card()) {
+    return dispatch_table_for<T, kForwardConfigs16FastMemory, kForwardConfigs32FastMemory>(
+        row_bytes, clusters_ok, launch);
+  }
+  return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(row_bytes, clusters_ok,
+                                                                 launch);
 }
 
 template <typename T, typename W>
@@ -530,18 +573,34 @@ bool launch_backward_registers(const BackwardArgs& a) {
   const auto float_options = a.input.options().dtype(at::kFloat);
   W* dw = mutable_ptr_or_null<W>(a.grad_weight);
   W* db = mutable_ptr_or_null<W>(a.grad_bias);
-  return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
-      row_capacity_bytes<T>(a.cols), hopper_launch_features(), [&](auto entry) {
-        if constexpr (kAllVariants) {
-          if (a.from_output) {
-            return launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db, stream);
-          }
-          if (shifted) {
-            return launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db, stream);
-          }
-        }
-        return launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
-      });
+  const int64_t row_bytes = row_capacity_bytes<T>(a.cols);
+  const bool clusters_ok = hopper_launch_features();
+  if constexpr (kAllVariants) {
+    // The memory-saving kernels and shifted rows take the H100 tables on
+    // every card: the fast-memory entries were measured on the regular
+    // backward of rows of whole chunks (and some of their memory-saving and
+    // staged shifted twins spill: ptxas 36-312 bytes).
+    if (a.from_output || shifted) {
+      return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
+          row_bytes, clusters_ok, [&](auto entry) {
+            if (a.from_output) {
+              return launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db,
+                                                              stream);
+            }
+            return launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db,
+                                                            stream);
+          });
+    }
+  }
+  auto launch = [&](auto entry) {
+    return launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
+  };
+  if (fast_memory_card()) {
+    return dispatch_table_for<T, kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
+        row_bytes, clusters_ok, launch);
+  }
+  return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(row_bytes, clusters_ok,
+                                                                 launch);
 }
 
 template <typename T, typename W>
