@@ -109,6 +109,20 @@ def test_tables_of_each_memory_class(fast_memory):
     assert passed and int(passed.group(1)) >= 20 and "skipped" not in tail, tail
 
 
+def test_tables_env_rejects_other_values():
+    """FASTLAYERNORM_FAST_MEMORY_TABLES takes 0 or 1; anything else is a clear error on
+    the first CUDA call, not a silent choice."""
+    env = dict(os.environ, FASTLAYERNORM_FAST_MEMORY_TABLES="yes")
+    code = ("import torch, fastlayernorm\n"
+            "x = torch.randn(4, 256, device='cuda')\n"
+            "fastlayernorm.layer_norm(x, (256,))\n"
+            "torch.cuda.synchronize()\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "expected FASTLAYERNORM_FAST_MEMORY_TABLES to be 0 or 1" in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n", [64, 768, 1024, 1536, 2048, 3072, 4099, 5120, 6144, 8192])
 def test_row_counts(dtype, n):

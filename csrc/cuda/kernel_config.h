@@ -547,8 +547,9 @@ inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
 };
 inline constexpr auto kForwardConfigs32FastMemory =
     merged_table<kForwardConfigs32, kForwardChanges32FastMemory>();
-// Backward: the next row loaded into registers ahead (tune t30, H200, bf16
-// against the H100 entries in another process of the same call): N=1024
+// Backward: the next row loaded into registers ahead (tune v26
+// bwd-sweep-bf16 / -fp32, H200, against the H100 entries in another process
+// of the same call, bwd-table): N=1024
 // 86.2% of copy (74.9) on 32 x 64 B x 8 rows, weight in shared memory;
 // N=1536 80.4 (73.6) on 192 x 16 B (rows of 3073-3584 bytes stay on 224 x
 // 16 B); N=4096 82.3 (77.2) on the H100 entry's mapping. float32: N=768

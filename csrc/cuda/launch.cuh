@@ -85,9 +85,13 @@ inline bool hopper_launch_features() {
 // FASTLAYERNORM_FAST_MEMORY_TABLES=1 / 0 takes the one or the other on any
 // card (read once; for tests and measurements). Cached per device.
 inline bool fast_memory_card() {
-  static const int forced = [] {
+  static const int forced = [] {  // -1: by the card
     const char* v = std::getenv("FASTLAYERNORM_FAST_MEMORY_TABLES");
-    return (v == nullptr || *v == '\0') ? -1 : (std::strcmp(v, "0") == 0 ? 0 : 1);
+    if (v == nullptr || *v == '\0') return -1;
+    TORCH_CHECK(std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0,
+                "fastlayernorm: expected FASTLAYERNORM_FAST_MEMORY_TABLES to be 0 or 1 "
+                "(or unset), but got '", v, "'");
+    return v[0] == '1' ? 1 : 0;
   }();
   if (forced >= 0) return forced == 1;
   static std::array<std::atomic<int8_t>, 64> cache{};  // 0 unknown, 1 yes, -1 no
@@ -440,8 +444,8 @@ bool launch_forward_registers(const ForwardArgs& a) {
     return dispatch_table_for<T, kForwardConfigs16FastMemory, kForwardConfigs32FastMemory>(
         row_bytes, clusters_ok, launch);
   }
-  return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(row_bytes, clusters_ok,
-                                                                 launch);
+  return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
+      row_bytes, clusters_ok, launch);
 }
 
 template <typename T, typename W>
@@ -599,8 +603,8 @@ bool launch_backward_registers(const BackwardArgs& a) {
     return dispatch_table_for<T, kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
         row_bytes, clusters_ok, launch);
   }
-  return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(row_bytes, clusters_ok,
-                                                                 launch);
+  return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
+      row_bytes, clusters_ok, launch);
 }
 
 template <typename T, typename W>
