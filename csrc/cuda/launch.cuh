@@ -54,6 +54,20 @@ int64_t row_capacity_bytes(int64_t cols) {
   return (cols % kVec == 0 ? cols : cols + kVec - 1) * static_cast<int64_t>(sizeof(T));
 }
 
+// A yes/no property of the current device, computed by `compute` once per
+// device (devices 0-63; beyond, every call).
+template <typename Compute>
+bool cached_device_flag(std::array<std::atomic<int8_t>, 64>& cache, Compute&& compute) {
+  const int device = at::cuda::current_device();
+  if (device < 64) {
+    const int8_t known = cache[device].load(std::memory_order_relaxed);  // 0 unknown, 1 yes, -1 no
+    if (known != 0) return known > 0;
+  }
+  const bool yes = compute(device);
+  if (device < 64) cache[device].store(yes ? 1 : -1, std::memory_order_relaxed);
+  return yes;
+}
+
 // Thread-block clusters and programmatic dependent launches: an sm_90+
 // device running kernels compiled for sm_90+. An extension built with only
 // older architectures' PTX (TORCH_CUDA_ARCH_LIST="8.0+PTX") runs on a
@@ -63,19 +77,13 @@ int64_t row_capacity_bytes(int64_t cols) {
 // of one of the extension's kernels tells (all are built with the same
 // architectures); cached per device.
 inline bool hopper_launch_features() {
-  static std::array<std::atomic<int8_t>, 64> cache{};  // 0 unknown, 1 yes, -1 no
-  const int device = at::cuda::current_device();
-  if (device < 64 && cache[device].load(std::memory_order_relaxed) != 0) {
-    return cache[device].load(std::memory_order_relaxed) > 0;
-  }
-  bool ok = at::cuda::getCurrentDeviceProperties()->major >= 9;
-  if (ok) {
+  static std::array<std::atomic<int8_t>, 64> cache{};
+  return cached_device_flag(cache, [](int) {
+    if (at::cuda::getCurrentDeviceProperties()->major < 9) return false;
     cudaFuncAttributes attributes{};
     C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, ln_dwdb_finalize_kernel<float, 1>));
-    ok = attributes.ptxVersion >= 90;
-  }
-  if (device < 64) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
-  return ok;
+    return attributes.ptxVersion >= 90;
+  });
 }
 
 // Whether the device's memory streams more than kFastMemoryBytesPerSecond
@@ -94,17 +102,13 @@ inline bool fast_memory_card() {
     return v[0] == '1' ? 1 : 0;
   }();
   if (forced >= 0) return forced == 1;
-  static std::array<std::atomic<int8_t>, 64> cache{};  // 0 unknown, 1 yes, -1 no
-  const int device = at::cuda::current_device();
-  if (device < 64 && cache[device].load(std::memory_order_relaxed) != 0) {
-    return cache[device].load(std::memory_order_relaxed) > 0;
-  }
-  int clock_khz = 0, bus_bits = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
-  const bool fast = 2.0 * clock_khz * 1e3 * (bus_bits / 8) > kFastMemoryBytesPerSecond;
-  if (device < 64) cache[device].store(fast ? 1 : -1, std::memory_order_relaxed);
-  return fast;
+  static std::array<std::atomic<int8_t>, 64> cache{};
+  return cached_device_flag(cache, [](int device) {
+    int clock_khz = 0, bus_bits = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
+    return 2.0 * clock_khz * 1e3 * (bus_bits / 8) > kFastMemoryBytesPerSecond;
+  });
 }
 
 // A launch configuration with at most one launch attribute (a cluster
@@ -250,6 +254,17 @@ bool dispatch_table_for(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
   } else {
     return dispatch_table<kTable32>(row_bytes, clusters_ok, launch);
   }
+}
+
+// dispatch_table_for over the fast-memory tables on cards of faster memory
+// (fast_memory_card), over the H100's elsewhere.
+template <typename T, const auto& kTable16, const auto& kTable32, const auto& kFastTable16,
+          const auto& kFastTable32, typename Launch>
+bool dispatch_table_by_memory(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
+  if (fast_memory_card()) {
+    return dispatch_table_for<T, kFastTable16, kFastTable32>(row_bytes, clusters_ok, launch);
+  }
+  return dispatch_table_for<T, kTable16, kTable32>(row_bytes, clusters_ok, launch);
 }
 
 // The kernels index a row with int.
@@ -440,11 +455,8 @@ bool launch_forward_registers(const ForwardArgs& a) {
     }
   }
   auto launch = [&](auto entry) { return launch_forward_entry<T, W, false>(entry, p, stream); };
-  if (fast_memory_card()) {
-    return dispatch_table_for<T, kForwardConfigs16FastMemory, kForwardConfigs32FastMemory>(
-        row_bytes, clusters_ok, launch);
-  }
-  return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
+  return dispatch_table_by_memory<T, kForwardConfigs16, kForwardConfigs32,
+                                  kForwardConfigs16FastMemory, kForwardConfigs32FastMemory>(
       row_bytes, clusters_ok, launch);
 }
 
@@ -599,11 +611,8 @@ bool launch_backward_registers(const BackwardArgs& a) {
   auto launch = [&](auto entry) {
     return launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
   };
-  if (fast_memory_card()) {
-    return dispatch_table_for<T, kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
-        row_bytes, clusters_ok, launch);
-  }
-  return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
+  return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
+                                  kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
       row_bytes, clusters_ok, launch);
 }
 
