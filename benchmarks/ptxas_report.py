@@ -11,6 +11,12 @@ def demangle_args(name: str) -> str:
     t = "bf16" if "BFloat16" in name else "f16" if "Half" in name else "f64" if "Ed" in name[:60] else "f32"
     w32 = "w32" if re.search(r"(BFloat16|Half)Ef", name) else ""
     label = kind.group(1) if kind else name[:40]
+    if label == "ln_bwd_few_rows_kernel" and len(ints) >= 2:
+        # <T, W, G, ITEMS, ROWS_PER_WARP, FROM_OUTPUT>; G float32 with 16-bit rows: autocast.
+        g32 = "+g32" if re.search(r"(BFloat16|Half)E(f|S3_)fLi", name) else ""
+        from_output = re.findall(r"Lb([01])E", name)[-1:] == ["1"]
+        return (f"{label}<{t}{'+' + w32 if w32 else ''}{g32} items={ints[0]} "
+                f"rows_per_warp={ints[1]}{' from_output' if from_output else ''}>")
     if "row_in_smem" in label and len(ints) >= 6:
         # <T, W, O, VEC, ITEMS, THREADS, CLUSTER, MIN_CTAS, STAGES, SHIFTED, PERSISTENT>
         vec, items, threads, cluster, min_ctas, stages = ints[:6]

@@ -101,7 +101,8 @@ def test_tables_of_each_memory_class(fast_memory):
     parallel = ["-n", str(workers)] if importlib.util.find_spec("xdist") and workers > 1 else []
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(here / "test_cuda_kernels.py"), "-q", "-x",
-         "-p", "no:cacheprovider", *parallel, "-k", "test_every_size_range or test_row_counts"],
+         "-p", "no:cacheprovider", *parallel, "-k",
+         "test_every_size_range or test_row_counts or test_backward_tables_per_dtype_pair"],
         env=env, cwd=here, capture_output=True, text=True, timeout=1800)
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, tail
@@ -134,6 +135,54 @@ def test_row_counts(dtype, n):
     past the end)."""
     for rows in [1, 2, 3, 4, 5, 31, 32, 33, 127, 128, 129, 263, 1000, 2049, 4097]:
         _check_rows(rows, n, dtype, torch_check=rows >= 128)
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32), (torch.float16, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("n", [1544, 1600, 1792, 12296, 16384])
+def test_backward_tables_per_dtype_pair(dtype, wdtype, n):
+    """The 16-bit backward entries that differ by dtype pair on cards of faster memory
+    (kernel_config.h: 3-3.5 KiB rows with 16-bit weights, 24-32 KiB bfloat16 rows; the
+    other pairs keep the 16-bit table), at row counts around their persistent grids (more
+    rows than the few-row backward takes at N <= 2048)."""
+    for rows in ([129, 263, 1000, 2049] if n < 4096 else [1, 3, 131, 133, 263]):
+        _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
+
+
+# The few-row backward (csrc/cuda/backward_few_rows.cuh): one cluster of 8 CTAs of 16 warps;
+# a thread owns 1, 2 or 4 16-byte chunks of every row (ITEMS), a warp holds up to 2 rows
+# and 8 / ITEMS (4 / ITEMS with float32 weight or dy, or rebuilding from the output). Beyond
+# those rows, or 4 chunks, the tables take them.
+FEW_ROWS_CLUSTER_THREADS = 8 * 32
+FEW_ROWS_WARPS = 16
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                          (torch.float32, torch.float32)], ids=str)
+def test_few_rows_backward(dtype, wdtype):
+    """Every chunk count of the few-row backward at its edges (N a chunk short of, at and a
+    chunk past each class's capacity) and the row counts around each kernel's capacity and
+    its warps, against the float64 reference: both backward ops, every output mask."""
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    for items in (1, 2, 4):
+        cap = items * FEW_ROWS_CLUSTER_THREADS * vec
+        caps = {FEW_ROWS_WARPS * min(2, slots // items) for slots in (4, 8) if slots >= items}
+        row_counts = sorted({1, 2, 15, 16, 17} | {c + d for c in caps for d in (-1, 0, 1)})
+        for n in (cap - vec, cap, cap + vec):
+            for rows in row_counts:
+                _check_rows(rows, n, dtype, wdtype, torch_check=False)
+    n = 2 * FEW_ROWS_CLUSTER_THREADS * vec
+    for rows in (1, 7, 33):
+        x = make_input((rows, n), dtype, "cuda")
+        w, b = make_params([n], wdtype, "cuda")
+        g = make_grad((rows, n), dtype, "cuda")
+        for mask in ([True, False, False], [False, True, False], [False, False, True],
+                     [False, True, True], [True, True, False]):
+            check_against_reference(x, [n], w, b, g, mask=mask, autograd=False, torch_check=False)
+        check_against_reference(x, [n], None, None, g, autograd=False, torch_check=False)
+        check_against_reference(x, [n], w, None, g, autograd=False, torch_check=False)
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
@@ -290,7 +339,8 @@ def test_many_small_rows(dtype, rows, n):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("rows,n", [(4096, 1024), (4096, 2048), (64, 8192), (2000, 5120), (1000, 4099),
-                                    (1500, 6144), (400, 12288), (8, 65536), (150, 32768), (40, 65536)])
+                                    (1500, 6144), (400, 12288), (8, 65536), (150, 32768), (40, 65536),
+                                    (1, 4096), (64, 4096), (100, 1024)])
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_deterministic(dtype, rows, n, memory_efficient):
     """The same inputs give bitwise identical y, dx, dweight and dbias over 20 runs."""

@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 
 namespace fastlayernorm::cuda {
 
@@ -493,30 +494,32 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
 // H200 (benchmarks/tune_kernels.py; % of copy).
 constexpr double kFastMemoryBytesPerSecond = 4e12;
 
-// Entries of `base` with `changes` merged in by max_row_bytes (both sorted).
-template <size_t N, size_t M>
-constexpr size_t merged_size(const KernelConfig (&base)[N], const KernelConfig (&changes)[M]) {
-  size_t size = N;
-  for (size_t j = 0; j < M; ++j) {
+// Entries of `base` with `changes` merged in by max_row_bytes (both sorted;
+// arrays of KernelConfig, or merged tables).
+template <typename Base, typename Changes>
+constexpr size_t merged_size(const Base& base, const Changes& changes) {
+  const size_t n = std::size(base), m = std::size(changes);
+  size_t size = n;
+  for (size_t j = 0; j < m; ++j) {
     if (j > 0 && changes[j].max_row_bytes <= changes[j - 1].max_row_bytes) {
       throw "merge_entries: changes must be sorted by max_row_bytes";
     }
     bool replaces = false;
-    for (size_t i = 0; i < N; ++i) {
+    for (size_t i = 0; i < n; ++i) {
       replaces = replaces || base[i].max_row_bytes == changes[j].max_row_bytes;
     }
     if (!replaces) ++size;
   }
   return size;
 }
-template <size_t S, size_t N, size_t M>
-constexpr std::array<KernelConfig, S> merge_entries(const KernelConfig (&base)[N],
-                                                    const KernelConfig (&changes)[M]) {
+template <size_t S, typename Base, typename Changes>
+constexpr std::array<KernelConfig, S> merge_entries(const Base& base, const Changes& changes) {
+  const size_t n = std::size(base), m = std::size(changes);
   std::array<KernelConfig, S> out{};
   size_t i = 0, j = 0, k = 0;
-  while (i < N || j < M) {
-    if (j < M && (i == N || changes[j].max_row_bytes <= base[i].max_row_bytes)) {
-      if (i < N && changes[j].max_row_bytes == base[i].max_row_bytes) ++i;  // replaced
+  while (i < n || j < m) {
+    if (j < m && (i == n || changes[j].max_row_bytes <= base[i].max_row_bytes)) {
+      if (i < n && changes[j].max_row_bytes == base[i].max_row_bytes) ++i;  // replaced
       out[k++] = changes[j++];
     } else {
       out[k++] = base[i++];
@@ -525,7 +528,7 @@ constexpr std::array<KernelConfig, S> merge_entries(const KernelConfig (&base)[N
   return out;
 }
 
-// The table of cards of faster memory: kBase with kChanges merged in.
+// A table of cards of faster memory: kBase with kChanges merged in.
 template <const auto& kBase, const auto& kChanges>
 constexpr auto merged_table() {
   return merge_entries<merged_size(kBase, kChanges)>(kBase, kChanges);
@@ -562,6 +565,23 @@ inline constexpr KernelConfig kBackwardChanges16FastMemory[] = {
 };
 inline constexpr auto kBackwardConfigs16FastMemory =
     merged_table<kBackwardConfigs16, kBackwardChanges16FastMemory>();
+// 16-bit rows with weights of their own dtype (bf16 / fp16; launch.cuh picks
+// by the dtypes): 3-3.5 KiB rows (N = 1537-1792) on two-row CTAs of 64 x
+// 64 B loading their next row (v26b: bf16 N=1600 77.2% against 67.1, fp16
+// 72.3 / 67.0-67.6; with float32 weights 59.0 / 67.4, its twin spilling).
+inline constexpr KernelConfig kBackwardChanges16SameWeightFastMemory[] = {
+    with_smem_weight(with_prefetch({3584, 64, 64, 2, 1, 0, 512, true, kAccSmem})),
+};
+inline constexpr auto kBackwardConfigs16SameWeightFastMemory =
+    merged_table<kBackwardConfigs16FastMemory, kBackwardChanges16SameWeightFastMemory>();
+// bfloat16 rows and weights: 24-32 KiB rows (N = 12289-16384) on one
+// 512 x 64 B CTA per row without partial groups (v26b: N=16384 75.1%
+// against 67.7-67.9; fp16 73.1 against 74.8-75.8).
+inline constexpr KernelConfig kBackwardChangesBF16FastMemory[] = {
+    with_smem_weight(with_prefetch({32768, 512, 64, 1, 1, 0, 512, true, kAccSmem})),
+};
+inline constexpr auto kBackwardConfigsBF16FastMemory =
+    merged_table<kBackwardConfigs16SameWeightFastMemory, kBackwardChangesBF16FastMemory>();
 inline constexpr KernelConfig kBackwardChanges32FastMemory[] = {
     with_smem_weight(with_prefetch({4096, 128, 32, 2, 1, 0, 1024, true, kAccSmem})),
     with_prefetch({7168, 128, 64, 2, 1, 0, 512, true, kAccSmem}),

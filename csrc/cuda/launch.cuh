@@ -17,6 +17,7 @@
 
 #include "../layer_norm.h"
 #include "backward.cuh"
+#include "backward_few_rows.cuh"
 #include "fallback.cuh"
 #include "forward.cuh"
 #include "forward_row_in_smem.cuh"
@@ -572,6 +573,62 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   return true;
 }
 
+// The few-row backward (backward_few_rows.cuh) with ITEMS chunks per thread.
+template <typename T, typename W, typename G, int ITEMS, bool kFromOutput>
+bool launch_backward_few_rows_items(const BackwardParams<T, W, G>& p, W* dw, W* db,
+                                    cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kRowsPerWarp = few_rows_per_warp<T, W, G, ITEMS, kFromOutput>();
+  static_assert(kRowsPerWarp >= 1, "a warp holds at least one row");
+  auto kernel = ln_bwd_few_rows_kernel<T, W, G, ITEMS, kRowsPerWarp, kFromOutput>;
+  static ResidencyCache cache{};
+  if (resident_groups(kernel, kFewRowsThreads, kFewRowsCluster,
+                      few_rows_smem_bytes<ITEMS, kVec>(kFewRowsWarps), cache) == 0) {
+    return false;
+  }
+  // dweight/dbias slots for the warps that hold rows.
+  const int warps = static_cast<int>(std::min<int64_t>(p.rows, kFewRowsWarps));
+  const size_t smem = (dw != nullptr || db != nullptr) ? few_rows_smem_bytes<ITEMS, kVec>(warps) : 0;
+  LaunchConfig launch(dim3(kFewRowsCluster), dim3(kFewRowsThreads), smem, stream);
+  launch.set_cluster(kFewRowsCluster);
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, p, dw, db));
+  return true;
+}
+
+// The whole backward of a few rows of whole 16-byte chunks in one kernel:
+// rows of up to 4 chunks per thread of the cluster (16-bit N <= 8192, float32
+// 4096), as many as its warps hold (few_rows_per_warp: up to 32). False
+// otherwise: the caller takes the tables.
+template <typename T, typename W, typename G>
+bool launch_backward_few_rows(const BackwardArgs& a, const BackwardParams<T, W, G>& p, W* dw,
+                              W* db, cudaStream_t stream) {
+  constexpr int64_t kVec = 16 / sizeof(T);
+  const int64_t items = ceil_div(a.cols, kVec * kFewRowsRowThreads);
+  const int item_class = items <= 1 ? 1 : items <= 2 ? 2 : items <= 4 ? 4 : 0;
+  if (item_class == 0) return false;
+  auto run = [&](auto from_output) {
+    constexpr bool kFromOutput = decltype(from_output)::value;
+    constexpr int kSlots = few_rows_row_slots<T, W, G, kFromOutput>();
+    if (item_class > kSlots) return false;
+    const int per_warp = item_class == 1 ? few_rows_per_warp<T, W, G, 1, kFromOutput>()
+                         : item_class == 2 ? few_rows_per_warp<T, W, G, 2, kFromOutput>()
+                                           : few_rows_per_warp<T, W, G, 4, kFromOutput>();
+    if (a.rows > kFewRowsWarps * per_warp) return false;
+    switch (item_class) {
+      case 1:
+        return launch_backward_few_rows_items<T, W, G, 1, kFromOutput>(p, dw, db, stream);
+      case 2:
+        return launch_backward_few_rows_items<T, W, G, 2, kFromOutput>(p, dw, db, stream);
+      default:
+        return launch_backward_few_rows_items<T, W, G, 4, kFromOutput>(p, dw, db, stream);
+    }
+  };
+  if constexpr (std::is_same_v<G, T>) {
+    if (a.from_output) return run(std::true_type{});
+  }
+  return run(std::false_type{});
+}
+
 // As launch_forward_registers. The memory-saving mode (rebuild from the
 // output) has register kernels for rows of whole 16-byte chunks; the
 // autocast path (G = float) neither shifted rows nor the memory-saving mode.
@@ -591,6 +648,9 @@ bool launch_backward_registers(const BackwardArgs& a) {
   W* db = mutable_ptr_or_null<W>(a.grad_bias);
   const int64_t row_bytes = row_capacity_bytes<T>(a.cols);
   const bool clusters_ok = hopper_launch_features();
+  if (!shifted && clusters_ok && launch_backward_few_rows<T, W, G>(a, p, dw, db, stream)) {
+    return true;
+  }
   if constexpr (kAllVariants) {
     // The memory-saving kernels and shifted rows take the H100 tables on
     // every card: the fast-memory entries were measured on the regular
@@ -611,9 +671,21 @@ bool launch_backward_registers(const BackwardArgs& a) {
   auto launch = [&](auto entry) {
     return launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
   };
-  return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
-                                  kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
-      row_bytes, clusters_ok, launch);
+  // The fast-memory 16-bit tables differ by dtype pair (kernel_config.h).
+  constexpr bool kSameDtypes = std::is_same_v<W, T> && std::is_same_v<G, T>;
+  if constexpr (kSameDtypes && std::is_same_v<T, c10::BFloat16>) {
+    return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
+                                    kBackwardConfigsBF16FastMemory, kBackwardConfigs32FastMemory>(
+        row_bytes, clusters_ok, launch);
+  } else if constexpr (kSameDtypes && sizeof(T) == 2) {
+    return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
+                                    kBackwardConfigs16SameWeightFastMemory,
+                                    kBackwardConfigs32FastMemory>(row_bytes, clusters_ok, launch);
+  } else {
+    return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
+                                    kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
+        row_bytes, clusters_ok, launch);
+  }
 }
 
 template <typename T, typename W>
