@@ -65,6 +65,36 @@ constexpr bool backward_prefetches(bool prefetch_row, int stages, bool shifted) 
   return prefetch_row && stages == 0 && !shifted;
 }
 
+// x_hat and w*dy of a chunk (columns j0 ... j0+VEC-1) from its floats: xh
+// holds x (or, FROM_OUTPUT, the output y) and becomes x_hat = (x - mean) *
+// rstd (or (y - b) / w); g holds dy. wv / bv: the chunk's weight and bias
+// (bias read FROM_OUTPUT only).
+template <bool FROM_OUTPUT, typename W, int VEC>
+__device__ __forceinline__ void x_hat_and_wdy(float (&xh)[VEC], const float (&g)[VEC],
+                                              float (&wg)[VEC], const Pack<W, VEC>& wv,
+                                              const Pack<W, VEC>& bv, bool has_w, bool has_b,
+                                              float mean, float rstd, int j0, int n) {
+  float wf[VEC];
+  if (has_w) unpack(wv, wf);
+  if constexpr (FROM_OUTPUT) {
+    float bf[VEC];
+    if (has_b) unpack(bv, bf);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float v = has_b ? xh[k] - bf[k] : xh[k];
+      // Outside the row w is a zero fill: no 0/0 there.
+      xh[k] = has_w ? (col_in_row(j0 + k, n) ? v / wf[k] : 0.f) : v;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) xh[k] = (xh[k] - mean) * rstd;
+  }
+  // Rounded once (no fma contraction): the dx pass must subtract the very
+  // value the row sum added (dx is exactly 0 for N = 1).
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) wg[k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
+}
+
 // The end of a backward kernel with partial groups: the PART_GROUPS CTAs of
 // a hardware cluster that hold the same columns (ranks c, c + CLUSTER, ...)
 // add their accumulators ([2][ITEMS][VEC / 4][cta_threads] float4 in shared
@@ -347,25 +377,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
       mask_outside<VEC, SHIFTED>(xh_i, j0, n);
       mask_outside<VEC, SHIFTED>(g, j0, n);
-      float wf[VEC];
-      if (has_w) unpack(wv[i], wf);
-      if constexpr (FROM_OUTPUT) {
-        float bf[VEC];
-        if (has_b) unpack(bv[i], bf);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          const float v = has_b ? xh_i[k] - bf[k] : xh_i[k];
-          // Outside the row w is a zero fill: no 0/0 there.
-          xh_i[k] = has_w ? (col_in_row(j0 + k, n) ? v / wf[k] : 0.f) : v;
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) xh_i[k] = (xh_i[k] - mean) * rstd;
-      }
-      // Rounded once (no fma contraction): the dx pass must subtract the
-      // very value the row sum added (dx is exactly 0 for N = 1).
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) wg_i[k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
+      x_hat_and_wdy<FROM_OUTPUT>(xh_i, g, wg_i, wv[i], bv[i], has_w, has_b, mean, rstd, j0, n);
     };
     // Chunk i's packs made opaque before they are widened a second time.
     auto make_opaque = [&](int i) {

@@ -115,28 +115,13 @@ __global__ void __launch_bounds__(kFewRowsThreads, 1)
     }
   };
   // x_hat, dy and w*dy of chunk i of a row, as the regular kernel computes
-  // them (ln_bwd_kernel's widen: the same rounding).
+  // them (the same helper: the same rounding).
   auto widen = [&](const Pack<T, VEC>& xp, const Pack<G, VEC>& gp, float mean, float rstd, int i,
                    float(&xh)[VEC], float(&g)[VEC], float(&wg)[VEC]) {
     unpack(xp, xh);
     unpack(gp, g);
-    float wf[VEC];
-    if (has_w) unpack(wv[i], wf);
-    if constexpr (FROM_OUTPUT) {
-      const int j0 = chunk_first_col<VEC>(i, thread_in_row, kFewRowsRowThreads, 0);
-      float bf[VEC];
-      if (has_b) unpack(bv[i], bf);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float v = has_b ? xh[k] - bf[k] : xh[k];
-        xh[k] = has_w ? (col_in_row(j0 + k, n) ? v / wf[k] : 0.f) : v;
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) xh[k] = (xh[k] - mean) * rstd;
-    }
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) wg[k] = has_w ? __fmul_rn(g[k], wf[k]) : g[k];
+    const int j0 = chunk_first_col<VEC>(i, thread_in_row, kFewRowsRowThreads, 0);
+    x_hat_and_wdy<FROM_OUTPUT>(xh, g, wg, wv[i], bv[i], has_w, has_b, mean, rstd, j0, n);
   };
 
   // First pass: row sums over the thread's chunks, and the warp's

@@ -573,13 +573,15 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   return true;
 }
 
-// The few-row backward (backward_few_rows.cuh) with ITEMS chunks per thread.
+// The few-row backward (backward_few_rows.cuh) with ITEMS chunks per thread;
+// false for more rows than its warps hold.
 template <typename T, typename W, typename G, int ITEMS, bool kFromOutput>
 bool launch_backward_few_rows_items(const BackwardParams<T, W, G>& p, W* dw, W* db,
                                     cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kRowsPerWarp = few_rows_per_warp<T, W, G, ITEMS, kFromOutput>();
   static_assert(kRowsPerWarp >= 1, "a warp holds at least one row");
+  if (p.rows > kFewRowsWarps * kRowsPerWarp) return false;
   auto kernel = ln_bwd_few_rows_kernel<T, W, G, ITEMS, kRowsPerWarp, kFromOutput>;
   static ResidencyCache cache{};
   if (resident_groups(kernel, kFewRowsThreads, kFewRowsCluster,
@@ -604,22 +606,15 @@ bool launch_backward_few_rows(const BackwardArgs& a, const BackwardParams<T, W, 
                               W* db, cudaStream_t stream) {
   constexpr int64_t kVec = 16 / sizeof(T);
   const int64_t items = ceil_div(a.cols, kVec * kFewRowsRowThreads);
-  const int item_class = items <= 1 ? 1 : items <= 2 ? 2 : items <= 4 ? 4 : 0;
-  if (item_class == 0) return false;
+  if (items > 4) return false;
   auto run = [&](auto from_output) {
     constexpr bool kFromOutput = decltype(from_output)::value;
-    constexpr int kSlots = few_rows_row_slots<T, W, G, kFromOutput>();
-    if (item_class > kSlots) return false;
-    const int per_warp = item_class == 1 ? few_rows_per_warp<T, W, G, 1, kFromOutput>()
-                         : item_class == 2 ? few_rows_per_warp<T, W, G, 2, kFromOutput>()
-                                           : few_rows_per_warp<T, W, G, 4, kFromOutput>();
-    if (a.rows > kFewRowsWarps * per_warp) return false;
-    switch (item_class) {
+    switch (items) {
       case 1:
         return launch_backward_few_rows_items<T, W, G, 1, kFromOutput>(p, dw, db, stream);
       case 2:
         return launch_backward_few_rows_items<T, W, G, 2, kFromOutput>(p, dw, db, stream);
-      default:
+      default:  // 3 or 4 chunks
         return launch_backward_few_rows_items<T, W, G, 4, kFromOutput>(p, dw, db, stream);
     }
   };
