@@ -573,6 +573,21 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
   return true;
 }
 
+// The fast-memory 16-bit backward table of a dtype pair (kernel_config.h):
+// bf16 rows and weights; other 16-bit rows with weights and dy of their
+// dtype; the rest (float32 weights, autocast's float32 dy).
+template <typename T, typename W, typename G>
+constexpr const auto& backward_configs16_fast_memory() {
+  constexpr bool kSameDtypes = std::is_same_v<W, T> && std::is_same_v<G, T>;
+  if constexpr (kSameDtypes && std::is_same_v<T, c10::BFloat16>) {
+    return kBackwardConfigsBF16FastMemory;
+  } else if constexpr (kSameDtypes && sizeof(T) == 2) {
+    return kBackwardConfigs16SameWeightFastMemory;
+  } else {
+    return kBackwardConfigs16FastMemory;
+  }
+}
+
 // The few-row backward (backward_few_rows.cuh) with ITEMS chunks per thread;
 // false for more rows than its warps hold.
 template <typename T, typename W, typename G, int ITEMS, bool kFromOutput>
@@ -666,21 +681,9 @@ bool launch_backward_registers(const BackwardArgs& a) {
   auto launch = [&](auto entry) {
     return launch_backward_entry<T, W, false, false>(entry, p, float_options, dw, db, stream);
   };
-  // The fast-memory 16-bit tables differ by dtype pair (kernel_config.h).
-  constexpr bool kSameDtypes = std::is_same_v<W, T> && std::is_same_v<G, T>;
-  if constexpr (kSameDtypes && std::is_same_v<T, c10::BFloat16>) {
-    return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
-                                    kBackwardConfigsBF16FastMemory, kBackwardConfigs32FastMemory>(
-        row_bytes, clusters_ok, launch);
-  } else if constexpr (kSameDtypes && sizeof(T) == 2) {
-    return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
-                                    kBackwardConfigs16SameWeightFastMemory,
-                                    kBackwardConfigs32FastMemory>(row_bytes, clusters_ok, launch);
-  } else {
-    return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
-                                    kBackwardConfigs16FastMemory, kBackwardConfigs32FastMemory>(
-        row_bytes, clusters_ok, launch);
-  }
+  return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
+                                  backward_configs16_fast_memory<T, W, G>(),
+                                  kBackwardConfigs32FastMemory>(row_bytes, clusters_ok, launch);
 }
 
 template <typename T, typename W>
