@@ -72,17 +72,25 @@ def row_in_smem_candidates(row_bytes: int):
     return out
 
 
-def table_configs(direction: str, dtype: str, fast_memory: bool = False):
+def table_configs(direction: str, dtype: str, fast_memory: bool = False, w32: bool = False):
     """The entries of a kernel table of csrc/cuda/kernel_config.h, as
     (max_row_bytes, candidate tuple) pairs in table order (--table); with
     fast_memory, the table of cards of faster memory (the H100's with the
-    entries of its changes list merged in by max_row_bytes, as merge_entries)."""
+    entries of its changes lists merged in by max_row_bytes, as merge_entries;
+    for the 16-bit backward those of the dtype pair too, as launch.cuh's
+    backward_configs16_fast_memory: w32 = float32 weights)."""
     prefix = "kForward" if direction == "fwd" else "kBackward"
     width = "32" if DTYPES[dtype][1] == 4 else "16"
     out = _parse_entries(direction, f"{prefix}Configs{width}")
     if fast_memory:
+        changes = [f"{prefix}Changes{width}FastMemory"]
+        if direction == "bwd" and width == "16" and not w32:
+            changes.append("kBackwardChanges16SameWeightFastMemory")
+            if dtype == "bf16":
+                changes.append("kBackwardChangesBF16FastMemory")
         merged = {e[0]: e for e in out}
-        merged.update({e[0]: e for e in _parse_entries(direction, f"{prefix}Changes{width}FastMemory")})
+        for name in changes:
+            merged.update({e[0]: e for e in _parse_entries(direction, name)})
         out = [merged[mx] for mx in sorted(merged)]
     return out
 
@@ -147,11 +155,12 @@ def _parse_entries(direction: str, name: str):
 
 
 def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = False,
-                    fast_memory: bool = False):
+                    fast_memory: bool = False, w32: bool = False):
     """The table's entry for rows of row_bytes, as a candidate ([] beyond the table);
     for shifted rows of a backward entry with a shifted mapping, that mapping (no
-    prefetch, no partial groups, as shifted_backward_config makes it)."""
-    for mx, cfg, *shifted_map in table_configs(direction, dtype, fast_memory):
+    prefetch, no partial groups, as shifted_backward_config makes it). Shifted rows
+    take the H100 tables on every card (launch.cuh)."""
+    for mx, cfg, *shifted_map in table_configs(direction, dtype, fast_memory and not shifted, w32):
         if row_bytes <= mx:
             if shifted and shifted_map:
                 tpr, bpt, cluster, stages, min_threads = shifted_map[0]
@@ -420,7 +429,8 @@ def main():
         part_groups = tuple(int(g) for g in args.part_groups.split(","))
         fwd_params = tuple(int(g) for g in args.fwd_params.split(","))
         if args.table or args.configs:
-            cfgs = table_candidate(d, dt, row_bytes, shifted, args.fast_memory) if args.table else []
+            cfgs = (table_candidate(d, dt, row_bytes, shifted, args.fast_memory, w32 and esz == 2)
+                    if args.table else [])
             # 8 numbers: the candidate at that N only, for the dtypes it fits
             # closely (rows of more than half its capacity).
             cfgs += [c[:7] for c in explicit
