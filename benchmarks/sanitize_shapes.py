@@ -94,6 +94,19 @@ def main():
                              (12287, torch.bfloat16, torch.float32), (32767, torch.float32, torch.float32),
                              (65535, torch.bfloat16, torch.float32)):
         ok &= check(40 if n <= 16384 else 3, n, dtype, wdtype)
+    # The forward entries of cards of faster memory (kernel_config.h): 16-bit
+    # N = 33-64 on one-pass CTAs of 32 rows (a partial last CTA), 16-bit rows
+    # of N = 1537-2047 on a persistent grid (more rows than one round of it),
+    # N = 2048 on the exact kernel beside it; float32 N = 513-1023 and
+    # 1025-2047 beside the exact kernels of N = 1024 and 2048.
+    for n, dtype, wdtype in ((40, torch.bfloat16, torch.bfloat16), (64, torch.float16, torch.float32),
+                             (64, torch.bfloat16, torch.bfloat16), (768, torch.float32, torch.float32),
+                             (1000, torch.float32, torch.float32), (1024, torch.float32, torch.float32),
+                             (1600, torch.float32, torch.float32), (2048, torch.float32, torch.float32),
+                             (2048, torch.bfloat16, torch.bfloat16)):
+        ok &= check(45, n, dtype, wdtype)
+    ok &= check(2200, 1544, torch.bfloat16, torch.bfloat16)
+    ok &= check(2200, 2040, torch.float16, torch.float16)
     # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
     ok &= check(3, 16384, torch.bfloat16, torch.float32)
     ok &= check(3, 131072, torch.bfloat16, torch.float32)

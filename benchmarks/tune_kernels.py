@@ -84,20 +84,23 @@ def table_configs(direction: str, dtype: str, fast_memory: bool = False, w32: bo
     out = _parse_entries(direction, f"{prefix}Configs{width}")
     if fast_memory:
         changes = [f"{prefix}Changes{width}FastMemory"]
-        if direction == "bwd" and width == "16" and not w32:
-            changes.append("kBackwardChanges16SameWeightFastMemory")
-            if dtype == "bf16":
+        if width == "16" and not w32:
+            changes.append(f"{prefix}Changes16SameWeightFastMemory")
+            if direction == "bwd" and dtype == "bf16":
                 changes.append("kBackwardChangesBF16FastMemory")
-        merged = {e[0]: e for e in out}
         for name in changes:
-            merged.update({e[0]: e for e in _parse_entries(direction, name)})
-        out = [merged[mx] for mx in sorted(merged)]
+            # The changes of a max_row_bytes replace the entries of it (an
+            # exact-rows-only entry and the one after it together).
+            new = _parse_entries(direction, name)
+            replaced = {e[0] for e in new}
+            out = sorted([e for e in out if e[0] not in replaced] + new, key=lambda e: e[0])
     return out
 
 
 def _parse_entries(direction: str, name: str):
     """The entries of the array `name` of csrc/cuda/kernel_config.h, as
-    (max_row_bytes, candidate tuple[, shifted mapping]) in array order."""
+    (max_row_bytes, candidate tuple, shifted mapping or None, exact rows only)
+    in array order."""
     text = (REPO / "csrc" / "cuda" / "kernel_config.h").read_text()
     body = text.split(f"{name}[] = {{", 1)[1].split("\n};", 1)[0]
     words = {"kGrid": 0, "false": 0, "true": 1, "kAccSmem": 1}
@@ -110,6 +113,24 @@ def _parse_entries(direction: str, name: str):
             entries.append(buf)
             buf = ""
     for line in entries:
+        line = line.rstrip(",")
+        # for_exact_rows_only(entry): the entry takes only rows that fill its
+        # mapping (the next entry, of the same max_row_bytes, the others);
+        # entry_of(kTable, bytes): that table's entry of that max_row_bytes.
+        exact_only = line.startswith("for_exact_rows_only(")
+        if exact_only:
+            line = line[len("for_exact_rows_only("):-1]
+        m = re.fullmatch(r"entry_of\((\w+),\s*(\d+)\)", line)
+        if m:
+            found = [e for e in _parse_entries(direction, m.group(1)) if e[0] == int(m.group(2))]
+            assert len(found) == 1, f"{name}: {line}"
+            out.append(found[0][:3] + (exact_only,))
+            continue
+        # without_exact_rows(entry): the generic kernel also for exact rows
+        # (the forward's flag bit 5).
+        generic_only = line.startswith("without_exact_rows(")
+        if generic_only:
+            line = line[len("without_exact_rows("):-1]
         # with_shifted_mapping(entry, tpr, bytes, cluster, stages, min_threads)
         # / with_staged_shifted_rows(entry): the mapping of the entry's shifted
         # rows (backward).
@@ -126,7 +147,8 @@ def _parse_entries(direction: str, name: str):
             f = [int(words.get(v.strip(), v.strip() or 0)) for v in m.group(1).split(",")]
             f += [0, 0, 0][len(f) - 4:]  # persistent, stages, min_threads
             mx, threads, bpt, cluster, persistent, stages, min_threads = f[:7]
-            out.append((mx, (threads, bpt, 1, cluster, stages, min_threads, 3 if persistent else 2)))
+            out.append((mx, (threads, bpt, 1, cluster, stages, min_threads, 3 if persistent else 2),
+                        None, exact_only))
             continue
         from_cache = line.startswith("params_from_cache(")
         if from_cache:
@@ -143,13 +165,14 @@ def _parse_entries(direction: str, name: str):
             f += [0, 1, 0, 0][len(f) - 6:] if len(f) < 10 else []
             mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
             part_groups = int(m.group(2) or 1)
-            flag = (persistent | (4 if from_cache else 0) | (8 if prefetch else 0) if direction == "fwd"
+            flag = (persistent | (4 if from_cache else 0) | (8 if prefetch else 0)
+                    | (32 if generic_only else 0) if direction == "fwd"
                     else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0)
                     | (64 if smem_weight else 0))
             cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag)
             if staged_shifted:
                 shifted_map = (tpr, bpt, cluster, 1, min_threads)
-            out.append((mx, cfg) if shifted_map is None else (mx, cfg, shifted_map))
+            out.append((mx, cfg, shifted_map, exact_only))
     assert out, f"no entries parsed from {name}"
     return out
 
@@ -160,10 +183,13 @@ def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = 
     for shifted rows of a backward entry with a shifted mapping, that mapping (no
     prefetch, no partial groups, as shifted_backward_config makes it). Shifted rows
     take the H100 tables on every card (launch.cuh)."""
-    for mx, cfg, *shifted_map in table_configs(direction, dtype, fast_memory and not shifted, w32):
+    for mx, cfg, shifted_map, exact_only in table_configs(direction, dtype,
+                                                          fast_memory and not shifted, w32):
+        if exact_only and (shifted or row_bytes != mx):
+            continue
         if row_bytes <= mx:
             if shifted and shifted_map:
-                tpr, bpt, cluster, stages, min_threads = shifted_map[0]
+                tpr, bpt, cluster, stages, min_threads = shifted_map
                 cfg = (tpr, bpt, cfg[2], cluster, stages, min_threads, cfg[6] & 1)
             return [cfg]
     return []

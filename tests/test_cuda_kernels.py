@@ -102,7 +102,8 @@ def test_tables_of_each_memory_class(fast_memory):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(here / "test_cuda_kernels.py"), "-q", "-x",
          "-p", "no:cacheprovider", *parallel, "-k",
-         "test_every_size_range or test_row_counts or test_backward_tables_per_dtype_pair"],
+         "test_every_size_range or test_row_counts or test_backward_tables_per_dtype_pair"
+         " or test_forward_entries_of_fast_memory"],
         env=env, cwd=here, capture_output=True, text=True, timeout=1800)
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, tail
@@ -148,6 +149,25 @@ def test_backward_tables_per_dtype_pair(dtype, wdtype, n):
     rows than the few-row backward takes at N <= 2048)."""
     for rows in ([129, 263, 1000, 2049] if n < 4096 else [1, 3, 131, 133, 263]):
         _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+                         ids=str)
+def test_forward_entries_of_fast_memory(dtype, wdtype):
+    """The forward entries of cards of faster memory (kernel_config.h): 16-bit N = 33-64 on
+    one-pass CTAs of 32 rows; 16-bit rows with weights of their dtype at N = 1537-2047 on a
+    persistent grid, N = 2048 on the exact kernel of the entry beside it; float32 N =
+    513-1023 and 1025-2047 on new mappings, N = 1024 and 2048 on the exact kernels beside
+    them. Sizes at and inside each range, row counts around the 32-row CTAs and the
+    persistent grids (on any card: elsewhere the H100's entries run them)."""
+    if dtype == torch.float32:
+        ns = [516, 768, 1000, 1020, 1024, 1028, 1536, 1600, 2044, 2048]
+    else:
+        ns = [40, 56, 64, 1544, 1600, 1792, 2040, 2048]
+    for n in ns:
+        for rows in [1, 31, 33, 263, 4097]:
+            _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
 
 
 # The few-row backward (csrc/cuda/backward_few_rows.cuh): one cluster of 8 CTAs of 16 warps;

@@ -77,8 +77,15 @@ struct KernelConfig {
   // Forward, register entries of one CTA per row group: rows of exactly the
   // mapping's size (N = tpr * bytes_per_thread / element size) run on a
   // kernel compiled for that N, with no bounds checks (forward.cuh EXACT);
-  // false only to time the generic kernel there (benchmarks/tune_kernels.py).
+  // false only to time the generic kernel there (benchmarks/tune_kernels.py),
+  // or where an exact_rows_only entry before it takes those rows.
   bool exact_rows = true;
+  // Forward only: the entry takes only rows of exactly its mapping's size
+  // (max_row_bytes = tpr * bytes_per_thread), on its exact kernel; the other
+  // rows of its range go on to the next entry, of the same max_row_bytes.
+  // For ranges whose exact rows and the rows below them run fastest on
+  // different mappings (for_exact_rows_only).
+  bool exact_rows_only = false;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of
@@ -131,6 +138,14 @@ constexpr KernelConfig params_from_cache(KernelConfig c) {
 // KernelConfig::exact_rows; for timing that kernel there).
 constexpr KernelConfig without_exact_rows(KernelConfig c) {
   c.exact_rows = false;
+  return c;
+}
+
+// A forward entry for the rows that fill its mapping exactly, beside an entry
+// of the same max_row_bytes for the other rows of the range (see
+// KernelConfig::exact_rows_only).
+constexpr KernelConfig for_exact_rows_only(KernelConfig c) {
+  c.exact_rows_only = true;
   return c;
 }
 
@@ -495,20 +510,30 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
 constexpr double kFastMemoryBytesPerSecond = 4e12;
 
 // Entries of `base` with `changes` merged in by max_row_bytes (both sorted;
-// arrays of KernelConfig, or merged tables).
+// arrays of KernelConfig, or merged tables): the changes of a max_row_bytes
+// replace the base's entries of it (an exact_rows_only entry and the entry
+// after it, of the same max_row_bytes, replace them together).
+template <typename Table>
+constexpr bool has_row_bytes(const Table& table, int64_t row_bytes) {
+  for (size_t i = 0; i < std::size(table); ++i) {
+    if (table[i].max_row_bytes == row_bytes) return true;
+  }
+  return false;
+}
 template <typename Base, typename Changes>
 constexpr size_t merged_size(const Base& base, const Changes& changes) {
   const size_t n = std::size(base), m = std::size(changes);
-  size_t size = n;
-  for (size_t j = 0; j < m; ++j) {
-    if (j > 0 && changes[j].max_row_bytes <= changes[j - 1].max_row_bytes) {
-      throw "merge_entries: changes must be sorted by max_row_bytes";
+  for (size_t j = 1; j < m; ++j) {
+    const bool same = changes[j].max_row_bytes == changes[j - 1].max_row_bytes;
+    if (changes[j].max_row_bytes < changes[j - 1].max_row_bytes ||
+        (same && !changes[j - 1].exact_rows_only)) {
+      throw "merge_entries: changes must be sorted by max_row_bytes (equal ones only after an "
+            "exact_rows_only entry)";
     }
-    bool replaces = false;
-    for (size_t i = 0; i < n; ++i) {
-      replaces = replaces || base[i].max_row_bytes == changes[j].max_row_bytes;
-    }
-    if (!replaces) ++size;
+  }
+  size_t size = m;
+  for (size_t i = 0; i < n; ++i) {
+    if (!has_row_bytes(changes, base[i].max_row_bytes)) ++size;
   }
   return size;
 }
@@ -518,14 +543,42 @@ constexpr std::array<KernelConfig, S> merge_entries(const Base& base, const Chan
   std::array<KernelConfig, S> out{};
   size_t i = 0, j = 0, k = 0;
   while (i < n || j < m) {
-    if (j < m && (i == n || changes[j].max_row_bytes <= base[i].max_row_bytes)) {
-      if (i < n && changes[j].max_row_bytes == base[i].max_row_bytes) ++i;  // replaced
+    if (i < n && has_row_bytes(changes, base[i].max_row_bytes)) {
+      ++i;  // replaced
+    } else if (j < m && (i == n || changes[j].max_row_bytes <= base[i].max_row_bytes)) {
       out[k++] = changes[j++];
     } else {
       out[k++] = base[i++];
     }
   }
   return out;
+}
+
+// A table whose exact_rows_only entries are each followed by an entry of the
+// same max_row_bytes for the range's other rows, and fill their mapping.
+template <typename Table>
+constexpr bool exact_rows_entries_valid(const Table& table) {
+  for (size_t i = 0; i < std::size(table); ++i) {
+    const KernelConfig& c = table[i];
+    if (!c.exact_rows_only) continue;
+    if (i + 1 == std::size(table) || table[i + 1].max_row_bytes != c.max_row_bytes ||
+        table[i + 1].exact_rows_only || !c.exact_rows ||
+        int64_t{c.tpr} * c.bytes_per_thread != c.max_row_bytes ||
+        !forward_has_exact_kernel(false, c.cluster, c.prefetch_row) || c.row_in_smem) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The entry of `table` for rows up to `max_row_bytes` (a changes list's copy
+// of an H100 entry).
+template <typename Table>
+constexpr KernelConfig entry_of(const Table& table, int64_t max_row_bytes) {
+  for (size_t i = 0; i < std::size(table); ++i) {
+    if (table[i].max_row_bytes == max_row_bytes) return table[i];
+  }
+  throw "entry_of: no entry of that max_row_bytes";
 }
 
 // A table of cards of faster memory: kBase with kChanges merged in.
@@ -538,14 +591,39 @@ constexpr auto merged_table() {
 // H100 entry's kernel in the same process): bf16 N=128 87.1% of copy
 // (83.5), N=512 88.3 (84.4); float32 N=256 89.8 (84.1), N=8192 85.1 (80.8).
 // On the H100 these mappings measured 1-8 points below its entries (v10-v16).
+// 16-bit N=33-64: one-pass CTAs of 32 rows, 4 x 32 B each, at 1536 threads
+// per SM, weight/bias from L1/L2 (tune v28, N=64: bf16 87.4%, fp16 88.5,
+// bf16 with float32 weights 87.2 against 68.4 on the H100 entry).
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
+    params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
     params_from_cache({1024, 16, 64, 8, 1, 0, 1024, kGrid}),
 };
 inline constexpr auto kForwardConfigs16FastMemory =
     merged_table<kForwardConfigs16, kForwardChanges16FastMemory>();
+// 16-bit rows with weights of their own dtype (bf16 / fp16; launch.cuh picks
+// by the dtypes): N = 1537-2047 on a persistent grid of the H100 entry's
+// 64 x 64 B threads, two rows per CTA, weight/bias gathered once per CTA
+// (tune v28, bf16 N=1600: 79.6% of copy; the benchmark 69.6 on the H100
+// entry's one-pass grid); N=2048 keeps that entry's exact kernel (89.6).
+inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
+    for_exact_rows_only(entry_of(kForwardConfigs16, 4096)),
+    without_exact_rows({4096, 64, 64, 2, 1, 0, 1024}),
+};
+inline constexpr auto kForwardConfigs16SameWeightFastMemory =
+    merged_table<kForwardConfigs16FastMemory, kForwardChanges16SameWeightFastMemory>();
+// float32: N = 513-1023 on two-row CTAs of 64 x 64 B and N = 1025-2047 on
+// 128 x 64 B, both at 1024 threads per SM with weight/bias from L1/L2 (tune
+// v26 fwd-sweep-fp32: N=768 88.8% of copy, 1536 88.5; benchmark v26b: 768
+// 89.9 against 79.0, 1000 87.5 / 85.3, 1536 / 1600 89.3 / 88.9 against 82.8
+// / 82.4); N=1024 and 2048 keep the H100 entries' exact kernels, which the
+// new mappings did not match there (v26b: 86.9 / 87.4 against 90.2 / 89.5).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     {1024, 16, 64, 16, 1, 0, 512, kGrid},
+    for_exact_rows_only(entry_of(kForwardConfigs32, 4096)),
+    without_exact_rows(params_from_cache({4096, 64, 64, 2, 1, 0, 1024, kGrid})),
+    for_exact_rows_only(entry_of(kForwardConfigs32, 8192)),
+    without_exact_rows(params_from_cache({8192, 128, 64, 1, 1, 0, 1024, kGrid})),
     params_from_cache({32768, 512, 64, 1, 1, 0, 1024, kGrid}),
 };
 inline constexpr auto kForwardConfigs32FastMemory =

@@ -234,12 +234,19 @@ inline int64_t shift_uniform_groups(int64_t groups, int vec, bool persistent) {
 // rows hold row_bytes, and returns its answer (false: the kernel cannot run
 // here). False when no entry does, or when it needs clusters this GPU lacks:
 // the caller then takes the fallback kernels.
+// An exact_rows_only entry takes only rows of its max_row_bytes (rows of
+// whole chunks: the tables that have such entries are not used for shifted
+// rows), the next entry the others.
 template <const auto& kTable, size_t I = 0, typename Launch>
 bool dispatch_table(int64_t row_bytes, bool clusters_ok, Launch&& launch) {
+  static_assert(I > 0 || exact_rows_entries_valid(kTable),
+                "an exact_rows_only entry fills its mapping and is followed by an entry of its "
+                "max_row_bytes");
   if constexpr (I == std::size(kTable)) {
     return false;
   } else {
-    if (row_bytes > kTable[I].max_row_bytes) {
+    if (row_bytes > kTable[I].max_row_bytes ||
+        (kTable[I].exact_rows_only && row_bytes != kTable[I].max_row_bytes)) {
       return dispatch_table<kTable, I + 1>(row_bytes, clusters_ok, launch);
     }
     if (needs_clusters(kTable[I]) && !clusters_ok) return false;
@@ -428,6 +435,18 @@ bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t
   }
 }
 
+// The forward's fast-memory table of a 16-bit dtype pair (kernel_config.h):
+// rows, weights and output of one dtype; the rest (float32 weights,
+// autocast's float32 output).
+template <typename T, typename W, typename O>
+constexpr const auto& forward_configs16_fast_memory() {
+  if constexpr (std::is_same_v<W, T> && std::is_same_v<O, T> && sizeof(T) == 2) {
+    return kForwardConfigs16SameWeightFastMemory;
+  } else {
+    return kForwardConfigs16FastMemory;
+  }
+}
+
 // Launches the register kernel of the table entry that holds the rows; false
 // when none takes them (a tensor off a 16-byte boundary, rows beyond the
 // table, clusters this GPU lacks, more shared memory than a CTA may have):
@@ -457,8 +476,8 @@ bool launch_forward_registers(const ForwardArgs& a) {
   }
   auto launch = [&](auto entry) { return launch_forward_entry<T, W, false>(entry, p, stream); };
   return dispatch_table_by_memory<T, kForwardConfigs16, kForwardConfigs32,
-                                  kForwardConfigs16FastMemory, kForwardConfigs32FastMemory>(
-      row_bytes, clusters_ok, launch);
+                                  forward_configs16_fast_memory<T, W, O>(),
+                                  kForwardConfigs32FastMemory>(row_bytes, clusters_ok, launch);
 }
 
 template <typename T, typename W>
