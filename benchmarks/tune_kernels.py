@@ -339,9 +339,10 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                     f"void run{idx}(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, "
                     f"const at::Tensor& y, const at::Tensor& mean, const at::Tensor& rstd) {{\n"
                     f"  using T = {ctype};\n  using W = {wtype};\n"
-                    f"  ForwardParams<T, W> p{{x.const_data_ptr<T>(), w.const_data_ptr<W>(), "
-                    f"b.const_data_ptr<W>(), y.mutable_data_ptr<T>(), mean.mutable_data_ptr<float>(), "
-                    f"rstd.mutable_data_ptr<float>(), x.size(0), static_cast<int>(x.size(1)), 1e-5f}};\n"
+                    f"  const auto p = make_forward_params<T, W, T>(x.const_data_ptr<T>(), "
+                    f"w.const_data_ptr<W>(), b.const_data_ptr<W>(), y.mutable_data_ptr<T>(), "
+                    f"mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), x.size(0), "
+                    f"static_cast<int>(x.size(1)), 1e-5f);\n"
                     f"  launch_forward_entry<T, W, {shifted}>(Cfg{idx}{{}}, p, at::cuda::getCurrentCUDAStream());\n}}")
                 decls.append(
                     f"void run{idx}(const at::Tensor&, const at::Tensor&, const at::Tensor&, "

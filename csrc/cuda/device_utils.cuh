@@ -47,6 +47,36 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* ptr) {
   return r;
 }
 
+// load_pack where `pred` holds, zeros elsewhere: a predicated load, not a
+// branch around it (an `if` around a load became a branch with a
+// convergence barrier per chunk; the forward's kernels compiled for any N,
+// docs/kernels.md session 22). ptr need not be valid where pred is false.
+// kZeros false: where pred is false the pack is left undefined (no zeros
+// held in registers), for packs that are then never used.
+template <typename T, int N, bool kZeros = true>
+__device__ __forceinline__ Pack<T, N> load_pack_if(const T* ptr, bool pred) {
+  Pack<T, N> r;
+#pragma unroll
+  for (int c = 0; c < Pack<T, N>::kWords; ++c) {
+    const uint4* src = reinterpret_cast<const uint4*>(ptr) + c;
+    uint4 v;
+    if constexpr (kZeros) {
+      v = make_uint4(0u, 0u, 0u, 0u);
+      asm("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %5, 0;\n\t"
+          "@p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+          : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+          : "l"(src), "r"(static_cast<int>(pred)));
+    } else {
+      asm("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %5, 0;\n\t"
+          "@p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+          : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+          : "l"(src), "r"(static_cast<int>(pred)));
+    }
+    r.words[c] = v;
+  }
+  return r;
+}
+
 // One 16-byte store per word, spelled out: through a uint4 assignment the
 // compiler split the shifted kernels' full-chunk stores into four 4-byte
 // ones (the pack is also stored element by element on the partial-chunk

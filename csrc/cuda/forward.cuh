@@ -21,7 +21,18 @@ struct ForwardParams {
   int64_t rows;
   int cols;
   float eps;
+  // 1 / cols, rounded as on the device (IEEE division): no division per
+  // thread in the kernels compiled for any N. Set by make_forward_params.
+  float inv_cols;
 };
+
+// The forward's parameters (inv_cols from cols): the one place they are put
+// together, for the launchers and benchmarks/tune_kernels.py alike.
+template <typename T, typename W, typename O>
+ForwardParams<T, W, O> make_forward_params(const T* x, const W* w, const W* b, O* y, float* mean,
+                                           float* rstd, int64_t rows, int cols, float eps) {
+  return {x, w, b, y, mean, rstd, rows, cols, eps, 1.f / static_cast<float>(cols)};
+}
 
 // VEC elements per 16-byte chunk, ITEMS chunks per thread, TPR threads per
 // row, ROWS rows per CTA, CLUSTER CTAs per row. PERSISTENT: as many CTAs as
@@ -131,6 +142,20 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // holding twice the registers); float32 rows keep d = x - mean0. The
   // few-register pass never writes d back, so it always keeps x.
   constexpr bool kKeepX = sizeof(T) == 2 || kFewRegisters;
+  // kBranchFree: 16-bit rows of whole chunks in a kernel compiled for any N
+  // that neither stages nor prefetches rows, at 85 registers or fewer. A
+  // chunk past the row end is loaded as zeros by a predicated load, goes
+  // through the same arithmetic as the others, and only its sums and its
+  // store are dropped (selects, a predicated store): no branch per chunk,
+  // whose convergence barriers and predicate work were over a quarter of the
+  // generic kernels' instructions at short rows (docs/kernels.md, session 22:
+  // bf16 N=1000 / 5000 +8 / +12 points). It takes 8-22 registers more, so
+  // not where that costs resident CTAs: kernels allowed more than 85
+  // registers (16-bit N=2049-3071 at 128: 5 CTAs per SM instead of 7, -3
+  // points), float32 rows (one-pass N=5000 -9), the prefetching long-row
+  // kernels (fp16 N=65536 -21); nor the staged ones (one spilled).
+  constexpr bool kBranchFree = sizeof(T) == 2 && !SHIFTED && !EXACT && STAGES == 0 &&
+                               !PREFETCH && MIN_CTAS * TPR * ROWS >= 768;
   using Reducer = RowReducer<TPR, ROWS, CLUSTER, float2, PREFETCH>;
   __shared__ typename Reducer::Storage reduce_storage;
   Reducer reducer(reduce_storage);
@@ -148,7 +173,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   const int64_t group = blockIdx.x / CLUSTER;
   const int64_t stride = groups * ROWS;
   const int n = EXACT ? forward_exact_cols(VEC, ITEMS, TPR) : p.cols;
-  const float inv_n = 1.f / static_cast<float>(n);
+  const float inv_n = EXACT ? 1.f / static_cast<float>(n) : p.inv_cols;
   const T* x_end = p.x + p.rows * static_cast<int64_t>(n);
   const int shift = SHIFTED ? row_shift<VEC>(group, n) : 0;  // the same for all rows here
   // kMerge: the columns each rank of the cluster holds (rank r: for each
@@ -181,16 +206,26 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // 112 bytes instead of 32); a one-pass one requests them now and stores
   // them to the slots after its row's loads.
   Pack<W, VEC> w_ahead[ITEMS], b_ahead[ITEMS];
+  // (kBranchFree: stored whether present or not, no branch; an absent
+  // tensor's slots are never read. The exact kernels keep the branches: the
+  // predicated loads cost the 64-register ones spills, 8-24 bytes.)
   auto stash_param_chunk = [&](int i) {
-    if (p.w) param_slot(0, i) = w_ahead[i];
-    if (p.b) param_slot(1, i) = b_ahead[i];
+    if (kBranchFree || p.w) param_slot(0, i) = w_ahead[i];
+    if (kBranchFree || p.b) param_slot(1, i) = b_ahead[i];
   };
   if constexpr (kParamsInSmem) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-      if (p.w) w_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
-      if (p.b) b_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
+      if constexpr (kBranchFree) {
+        // Undefined where absent (never read) or past the row end (only
+        // outputs that are not stored use them).
+        w_ahead[i] = load_pack_if<W, VEC, false>(p.w + j0, p.w != nullptr && j0 < n);
+        b_ahead[i] = load_pack_if<W, VEC, false>(p.b + j0, p.b != nullptr && j0 < n);
+      } else {
+        if (p.w) w_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.w, j0, n);
+        if (p.b) b_ahead[i] = load_param_chunk<W, VEC, SHIFTED>(p.b, j0, n);
+      }
       if constexpr (PERSISTENT) stash_param_chunk(i);
     }
   }
@@ -232,7 +267,16 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       read_staged_row<SHIFTED>(packs, stage_of(stage), kThreads, row_ok, thread_in_row,
                                kRowThreads, n, shift);
     } else {
-      load_row<SHIFTED>(packs, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n, shift);
+      if constexpr (kBranchFree) {
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+          const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+          packs[i] = load_pack_if<T, VEC>(p.x + offset + j0, row_ok && j0 < n);
+        }
+      } else {
+        load_row<SHIFTED>(packs, p.x + offset, x_end, row_ok, thread_in_row, kRowThreads, n,
+                          shift);
+      }
       if constexpr (kParamsInSmem && !PERSISTENT) {
 #pragma unroll
         for (int i = 0; i < ITEMS; ++i) stash_param_chunk(i);
@@ -289,7 +333,22 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     //   var = (sum(d^2) - sum(d)^2 / N) / N,  d = x - mean0.
     // Only columns of the row count (d = 0 outside it).
     float2 dev = make_float2(0.f, 0.f);
-    if constexpr (kFewRegisters) {
+    if constexpr (kFewRegisters && kBranchFree) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+        float2 chunk = make_float2(0.f, 0.f);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float d = xf[i][k] - mean0;
+          chunk.x += d;
+          chunk.y = fmaf(d, d, chunk.y);
+        }
+        const bool in_row = chunk_in_row<VEC, false>(j0, n);
+        dev.x += in_row ? chunk.x : 0.f;
+        dev.y += in_row ? chunk.y : 0.f;
+      }
+    } else if constexpr (kFewRegisters) {
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
@@ -310,7 +369,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         // Branches per chunk, not a predicate per element (the shifted
         // kernels ran out of predicate registers with those).
         float d[VEC];
-        if (chunk_full<VEC, SHIFTED>(j0, n)) {
+        if constexpr (kBranchFree) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) d[k] = xf[i][k] - mean0;
+        } else if (chunk_full<VEC, SHIFTED>(j0, n)) {
 #pragma unroll
           for (int k = 0; k < VEC; ++k) d[k] = xf[i][k] - mean0;
         } else if (chunk_partial<VEC, SHIFTED>(j0, n)) {
@@ -322,6 +384,11 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         }
         dev_sums[i] = tree_sum(d);
         dev_squares[i] = dot(d, d);
+        if constexpr (kBranchFree) {
+          const bool in_row = chunk_in_row<VEC, false>(j0, n);
+          dev_sums[i] = in_row ? dev_sums[i] : 0.f;
+          dev_squares[i] = in_row ? dev_squares[i] : 0.f;
+        }
         if constexpr (!kKeepX) {
 #pragma unroll
           for (int k = 0; k < VEC; ++k) xf[i][k] = d[k];
@@ -375,6 +442,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         if (!ptr) return filled_pack<W, VEC>(tensor == 0 ? 1.f : 0.f);
         if constexpr (kParamsInSmem) {
           return param_slot(tensor, i);
+        } else if constexpr (kBranchFree) {
+          const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
+          return load_pack_if<W, VEC, false>(ptr + j0, j0 < n);  // (as w_ahead)
         } else {
           return load_chunk<W, VEC, false>(
               ptr, chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift), n);
@@ -388,10 +458,13 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           bp[i] = param_chunk(1, i);
         }
       }
+      // kBranchFree (but weight/bias loaded chunk by chunk here): a chunk
+      // past the row end is computed from its zeros, its store dropped.
+      constexpr bool kComputeAll = kBranchFree && (kHoistParams || kParamsInSmem);
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
         const int j0 = chunk_first_col<VEC>(i, thread_in_row, kRowThreads, shift);
-        if (chunk_in_row<VEC, SHIFTED>(j0, n)) {
+        if (kComputeAll || chunk_in_row<VEC, SHIFTED>(j0, n)) {
           if constexpr (!kHoistParams) {
             wp[i] = param_chunk(0, i);
             bp[i] = param_chunk(1, i);
@@ -414,7 +487,11 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           }
           Pack<O, VEC> out;
           store_floats(out, v);
-          store_chunk<O, VEC, SHIFTED>(p.y + offset, j0, n, out);
+          if constexpr (kComputeAll) {
+            if (chunk_in_row<VEC, false>(j0, n)) store_pack(p.y + offset + j0, out);
+          } else {
+            store_chunk<O, VEC, SHIFTED>(p.y + offset, j0, n, out);
+          }
         }
       }
       if (thread_in_row == 0) {

@@ -594,10 +594,18 @@ constexpr auto merged_table() {
 // 16-bit N=33-64: one-pass CTAs of 32 rows, 4 x 32 B each, at 1536 threads
 // per SM, weight/bias from L1/L2 (tune v28, N=64: bf16 87.4%, fp16 88.5,
 // bf16 with float32 weights 87.2 against 68.4 on the H100 entry).
+// 16-bit N = 8193-12288 (and float32 N = 5121-6144 below): clusters of
+// CTAs loading their next row ahead, as the longer rows' entries (tune v29,
+// timed on a tune build whose generic kernels were given 1 / N = 0, so
+// without their results checked; the same kernels' instructions: bf16 / fp16
+// N=12288 82.1 / 82.2% of copy on 4 x 96 x 64 B against 71.7 / 73.4 on the
+// H100 entry's one-pass 384 x 64 B; float32 N=6144 86.5 on 2 x 192 x 64 B
+// against 81.6).
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
     params_from_cache({1024, 16, 64, 8, 1, 0, 1024, kGrid}),
+    with_prefetch({24576, 96, 64, 1, 4, 0, 512}),
 };
 inline constexpr auto kForwardConfigs16FastMemory =
     merged_table<kForwardConfigs16, kForwardChanges16FastMemory>();
@@ -624,6 +632,7 @@ inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     without_exact_rows(params_from_cache({4096, 64, 64, 2, 1, 0, 1024, kGrid})),
     for_exact_rows_only(entry_of(kForwardConfigs32, 8192)),
     without_exact_rows(params_from_cache({8192, 128, 64, 1, 1, 0, 1024, kGrid})),
+    with_prefetch({24576, 192, 64, 1, 2, 0, 512}),
     params_from_cache({32768, 512, 64, 1, 1, 0, 1024, kGrid}),
 };
 inline constexpr auto kForwardConfigs32FastMemory =

@@ -287,11 +287,11 @@ inline void check_row_fits_int(int64_t cols) {
 // 512 KiB) reach the register kernels.
 template <typename T, typename W, typename O>
 ForwardParams<T, W, O> forward_params(const ForwardArgs& a) {
-  return {a.input.const_data_ptr<T>(),         ptr_or_null<W>(a.weight),
-          ptr_or_null<W>(a.bias),              a.output.mutable_data_ptr<O>(),
-          a.mean.mutable_data_ptr<float>(),    a.rstd.mutable_data_ptr<float>(),
-          a.rows,                              static_cast<int>(a.cols),
-          static_cast<float>(a.eps)};
+  return make_forward_params<T, W, O>(
+      a.input.const_data_ptr<T>(), ptr_or_null<W>(a.weight), ptr_or_null<W>(a.bias),
+      a.output.mutable_data_ptr<O>(), a.mean.mutable_data_ptr<float>(),
+      a.rstd.mutable_data_ptr<float>(), a.rows, static_cast<int>(a.cols),
+      static_cast<float>(a.eps));
 }
 template <typename T, typename W, typename G>
 BackwardParams<T, W, G> backward_params(const BackwardArgs& a) {
