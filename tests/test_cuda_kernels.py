@@ -159,14 +159,20 @@ def test_forward_entries_of_fast_memory(dtype, wdtype):
     one-pass CTAs of 32 rows; 16-bit rows with weights of their dtype at N = 1537-2047 on a
     persistent grid, N = 2048 on the exact kernel of the entry beside it; float32 N =
     513-1023 and 1025-2047 on new mappings, N = 1024 and 2048 on the exact kernels beside
-    them. Sizes at and inside each range, row counts around the 32-row CTAs and the
+    them; 16-bit N = 8193-12288 and float32 5121-6144 on clusters loading their next row
+    ahead. Sizes at and inside each range, row counts around the 32-row CTAs and the
     persistent grids (on any card: elsewhere the H100's entries run them)."""
     if dtype == torch.float32:
         ns = [516, 768, 1000, 1020, 1024, 1028, 1536, 1600, 2044, 2048]
+        long_ns = [5124, 6000, 6144]
     else:
         ns = [40, 56, 64, 1544, 1600, 1792, 2040, 2048]
+        long_ns = [8200, 10000, 12288]
     for n in ns:
         for rows in [1, 31, 33, 263, 4097]:
+            _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
+    for n in long_ns:
+        for rows in [1, 3, 301, 1201]:
             _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
 
 

@@ -595,12 +595,11 @@ constexpr auto merged_table() {
 // per SM, weight/bias from L1/L2 (tune v28, N=64: bf16 87.4%, fp16 88.5,
 // bf16 with float32 weights 87.2 against 68.4 on the H100 entry).
 // 16-bit N = 8193-12288 (and float32 N = 5121-6144 below): clusters of
-// CTAs loading their next row ahead, as the longer rows' entries (tune v29,
-// timed on a tune build whose generic kernels were given 1 / N = 0, so
-// without their results checked; the same kernels' instructions: bf16 / fp16
-// N=12288 82.1 / 82.2% of copy on 4 x 96 x 64 B against 71.7 / 73.4 on the
-// H100 entry's one-pass 384 x 64 B; float32 N=6144 86.5 on 2 x 192 x 64 B
-// against 81.6).
+// CTAs loading their next row ahead, as the longer rows' entries (benchmark
+// v29 against v28: bf16 / fp16 N=12288 81.0 / 81.6% of copy on 4 x 96 x 64 B
+// against 72.2 / 73.8 on the H100 entry's one-pass 384 x 64 B, bf16 with
+// float32 weights 77.2 / 70.8, bf16 N=8200 / 10000 67.4 / 73.9 against
+// 54.9 / 61.7; float32 N=6144 84.8 on 2 x 192 x 64 B against 79.6).
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
