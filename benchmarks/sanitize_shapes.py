@@ -107,6 +107,21 @@ def main():
         ok &= check(45, n, dtype, wdtype)
     ok &= check(2200, 1544, torch.bfloat16, torch.bfloat16)
     ok &= check(2200, 2040, torch.float16, torch.float16)
+    # 16-bit kernels for any N without a branch per chunk (forward.cuh
+    # kBranchFree: predicated loads, chunks past the row end computed and not
+    # stored), and the 24 KiB forward entries of cards of faster memory
+    # (16-bit N = 8193-12288, float32 5121-6144: clusters loading their next
+    # row ahead; more rows than resident clusters).
+    for rows, n, dtype, wdtype in ((45, 1000, torch.bfloat16, torch.bfloat16),
+                                   (45, 1600, torch.float16, torch.float16),
+                                   (45, 2560, torch.float16, torch.float32),
+                                   (45, 5000, torch.bfloat16, torch.bfloat16),
+                                   (300, 8200, torch.bfloat16, torch.bfloat16),
+                                   (300, 10000, torch.bfloat16, torch.float32),
+                                   (300, 12288, torch.float16, torch.float16),
+                                   (300, 5124, torch.float32, torch.float32),
+                                   (300, 6144, torch.float32, torch.float32)):
+        ok &= check(rows, n, dtype, wdtype)
     # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
     ok &= check(3, 16384, torch.bfloat16, torch.float32)
     ok &= check(3, 131072, torch.bfloat16, torch.float32)

@@ -143,7 +143,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // few-register pass never writes d back, so it always keeps x.
   constexpr bool kKeepX = sizeof(T) == 2 || kFewRegisters;
   // kBranchFree: 16-bit rows of whole chunks in a kernel compiled for any N
-  // that neither stages nor prefetches rows, at 85 registers or fewer. A
+  // that neither stages nor prefetches rows, at 85 registers or fewer (at
+  // least 768 resident threads per SM by its launch bounds). A
   // chunk past the row end is loaded as zeros by a predicated load, goes
   // through the same arithmetic as the others, and only its sums and its
   // store are dropped (selects, a predicated store): no branch per chunk,

@@ -135,7 +135,9 @@ constexpr KernelConfig params_from_cache(KernelConfig c) {
 }
 
 // A forward entry whose exact rows take the generic kernel too (see
-// KernelConfig::exact_rows; for timing that kernel there).
+// KernelConfig::exact_rows): for timing that kernel there, or for an entry
+// whose exact rows an exact_rows_only entry before it takes (its exact twin
+// would never run, so it is not compiled).
 constexpr KernelConfig without_exact_rows(KernelConfig c) {
   c.exact_rows = false;
   return c;
@@ -504,9 +506,10 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
 // (launch.cuh: fast_memory_card) take the tables below for rows of whole
 // 16-byte chunks (shifted rows and the memory-saving backward keep the
 // H100's, launch.cuh): the H100's with these entries merged in
-// (merge_entries: an entry replaces the one of the same max_row_bytes, or is
-// inserted before the next larger one, splitting its range). Measured on an
-// H200 (benchmarks/tune_kernels.py; % of copy).
+// (merge_entries: the changes of a max_row_bytes replace the entries of it;
+// a change of a new max_row_bytes goes before the next larger one, splitting
+// its range), some per dtype pair (launch.cuh). Measured on an H200
+// (benchmarks/tune_kernels.py, benchmarks/bench_layernorm.py; % of copy).
 constexpr double kFastMemoryBytesPerSecond = 4e12;
 
 // Entries of `base` with `changes` merged in by max_row_bytes (both sorted;
