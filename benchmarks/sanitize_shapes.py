@@ -122,6 +122,19 @@ def main():
                                    (300, 5124, torch.float32, torch.float32),
                                    (300, 6144, torch.float32, torch.float32)):
         ok &= check(rows, n, dtype, wdtype)
+    # The shifted-row entries of cards of faster memory (kernel_config.h
+    # k*ShiftedChanges*FastMemory): persistent grids staging a row or loading
+    # the next one ahead, more rows than one round of CTAs.
+    for n, dtype, wdtype in ((767, torch.bfloat16, torch.bfloat16), (2047, torch.float16, torch.float32),
+                             (3071, torch.bfloat16, torch.bfloat16), (4099, torch.bfloat16, torch.float32),
+                             (6143, torch.float16, torch.float16), (8191, torch.bfloat16, torch.bfloat16),
+                             (10001, torch.bfloat16, torch.bfloat16), (12287, torch.float16, torch.float32),
+                             (767, torch.float32, torch.float32), (1535, torch.float32, torch.float32),
+                             (3071, torch.float32, torch.float32), (4099, torch.float32, torch.float32),
+                             (4157, torch.float32, torch.float32), (5119, torch.float32, torch.float32),
+                             (6143, torch.float32, torch.float32), (8191, torch.float32, torch.float32),
+                             (12287, torch.float32, torch.float32)):
+        ok &= check(600, n, dtype, wdtype)
     # 16-bit rows with float32 weights on the row-in-shared-memory kernels.
     ok &= check(3, 16384, torch.bfloat16, torch.float32)
     ok &= check(3, 131072, torch.bfloat16, torch.float32)

@@ -72,19 +72,25 @@ def row_in_smem_candidates(row_bytes: int):
     return out
 
 
-def table_configs(direction: str, dtype: str, fast_memory: bool = False, w32: bool = False):
+def table_configs(direction: str, dtype: str, fast_memory: bool = False, w32: bool = False,
+                  shifted: bool = False):
     """The entries of a kernel table of csrc/cuda/kernel_config.h, as
     (max_row_bytes, candidate tuple) pairs in table order (--table); with
     fast_memory, the table of cards of faster memory (the H100's with the
     entries of its changes lists merged in by max_row_bytes, as merge_entries;
     for the 16-bit backward those of the dtype pair too, as launch.cuh's
-    backward_configs16_fast_memory: w32 = float32 weights)."""
+    backward_configs16_fast_memory: w32 = float32 weights; for shifted rows
+    the shifted-row changes, as launch.cuh's dispatch of shifted rows)."""
     prefix = "kForward" if direction == "fwd" else "kBackward"
     width = "32" if DTYPES[dtype][1] == 4 else "16"
     out = _parse_entries(direction, f"{prefix}Configs{width}")
     if fast_memory:
         changes = [f"{prefix}Changes{width}FastMemory"]
-        if width == "16" and not w32:
+        if shifted:
+            changes = [f"{prefix}ShiftedChanges{width}FastMemory"]
+            if direction == "fwd" and width == "16" and not w32:
+                changes.append("kForwardShiftedChanges16SameWeightFastMemory")
+        elif width == "16" and not w32:
             changes.append(f"{prefix}Changes16SameWeightFastMemory")
             if direction == "bwd" and dtype == "bf16":
                 changes.append("kBackwardChangesBF16FastMemory")
@@ -181,10 +187,9 @@ def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = 
                     fast_memory: bool = False, w32: bool = False):
     """The table's entry for rows of row_bytes, as a candidate ([] beyond the table);
     for shifted rows of a backward entry with a shifted mapping, that mapping (no
-    prefetch, no partial groups, as shifted_backward_config makes it). Shifted rows
-    take the H100 tables on every card (launch.cuh)."""
-    for mx, cfg, shifted_map, exact_only in table_configs(direction, dtype,
-                                                          fast_memory and not shifted, w32):
+    prefetch, no partial groups, as shifted_backward_config makes it)."""
+    for mx, cfg, shifted_map, exact_only in table_configs(direction, dtype, fast_memory, w32,
+                                                          shifted):
         if exact_only and (shifted or row_bytes != mx):
             continue
         if row_bytes <= mx:
@@ -197,7 +202,7 @@ def table_candidate(direction: str, dtype: str, row_bytes: int, shifted: bool = 
 
 def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                occupancy=False, acc_modes=(0,), fwd_stages=(0, 1, 2), part_groups=(1,),
-               fwd_params=(0,), bwd_prefetch=False):
+               fwd_params=(0,), bwd_prefetch=False, fwd_prefetch=False):
     """(tpr, bytes_per_thread, rows, cluster, stages, min_threads, flag) tuples;
     flag: the forward's grid mode, the backward's accumulator place.
     grids: the forward's grid modes to try (1 persistent, 0 one CTA per rows);
@@ -212,6 +217,8 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
     bwd_prefetch: also each backward candidate with accumulators in shared
     memory and no staged rows with its next row loaded into registers ahead
     (flag bit 5), and that with its weight in shared memory (bit 6);
+    fwd_prefetch: also each persistent forward candidate without staged rows
+    with its next row loaded into registers ahead (flag bit 3);
     occupancy: also fewer registers for more resident threads (forward on
     one-pass grids: 16-byte threads at 1536/2048 per SM, 32-byte at 1536;
     backward 16-byte threads in CTAs up to 1024, two CTAs per SM for CTAs of
@@ -267,6 +274,8 @@ def candidates(direction: str, row_bytes: int, grids=(1,), bwd_stages=(0, 1, 2),
                                 for params in (fwd_params if not persistent else (0,)):
                                     out.append((tpr, bpt, rows, cluster, stages, min_threads,
                                                 persistent | params))
+                                if fwd_prefetch and persistent and stages == 0:
+                                    out.append((tpr, bpt, rows, cluster, stages, min_threads, 9))
                         continue
                     for acc in acc_modes:
                         extra = [max(1024, 2 * tpr * rows)] if acc and tpr * rows <= 512 else []
@@ -411,6 +420,9 @@ def main():
                     help="backward: also the candidates with accumulators in shared memory and "
                          "no staged rows loading their next row into registers ahead (with the "
                          "weight in registers, and in shared memory)")
+    ap.add_argument("--fwd-prefetch", action="store_true",
+                    help="forward: also the persistent candidates without staged rows loading "
+                         "their next row into registers ahead")
     ap.add_argument("--occupancy", action="store_true",
                     help="also try fewer registers per thread for more resident threads")
     ap.add_argument("--table", action="store_true",
@@ -465,7 +477,8 @@ def main():
                      and (len(c) == 7 or (c[7] == n and c[0] * c[1] * c[3] < 2 * row_bytes))]
         else:
             cfgs = candidates(d, row_bytes, grids, bwd_stages, args.occupancy, acc_modes,
-                              fwd_stages, part_groups, fwd_params, args.bwd_prefetch)
+                              fwd_stages, part_groups, fwd_params, args.bwd_prefetch,
+                              args.fwd_prefetch)
         for cfg in cfgs:
             plan.append({"dir": d, "dtype": dt, "N": n, "cfg": cfg, "shifted": shifted,
                          "w32": w32 and esz == 2})

@@ -103,7 +103,7 @@ def test_tables_of_each_memory_class(fast_memory):
         [sys.executable, "-m", "pytest", str(here / "test_cuda_kernels.py"), "-q", "-x",
          "-p", "no:cacheprovider", *parallel, "-k",
          "test_every_size_range or test_row_counts or test_backward_tables_per_dtype_pair"
-         " or test_forward_entries_of_fast_memory"],
+         " or test_forward_entries_of_fast_memory or test_shifted_entries_of_fast_memory"],
         env=env, cwd=here, capture_output=True, text=True, timeout=1800)
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, tail
@@ -173,6 +173,34 @@ def test_forward_entries_of_fast_memory(dtype, wdtype):
             _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
     for n in long_ns:
         for rows in [1, 3, 301, 1201]:
+            _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
+
+
+# Shifted rows (N not a multiple of the vector) on cards of faster memory take tables of
+# their own (kernel_config.h k*ShiftedChanges*FastMemory): the first and last shifted N of
+# each changed range (rows of (N + VEC - 1) elements' bytes between the entry before it and
+# its own max_row_bytes), and the N each entry was measured at.
+SHIFTED_FAST_MEMORY_NS = {
+    2: [762, 1017, 2042, 2297, 3066, 3071, 3577, 4090, 4099, 4601, 6138, 6143, 7161, 8186,
+        8191, 9209, 9210, 10001, 12281, 12282, 12287, 13305],
+    4: [510, 767, 1021, 1022, 1535, 1789, 3070, 3071, 3325, 4093, 4094, 4099, 4157, 4158,
+        4605, 5118, 5119, 5629, 6142, 6143, 6653, 8190, 8191, 8701, 12286, 12287, 12797],
+}
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+                         ids=str)
+def test_shifted_entries_of_fast_memory(dtype, wdtype):
+    """The shifted-row entries of cards of faster memory at the edges of their ranges, at
+    row counts below, around and beyond their persistent grids (several rounds: the rows
+    staged or loaded ahead, the last one's next past the end), forward and both backwards
+    against the float64 reference (on any card: elsewhere the H100's entries run them)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    vec = 16 // size
+    for n in SHIFTED_FAST_MEMORY_NS[size]:
+        assert n % vec != 0, n
+        for rows in [1, 3, 263, 1201]:
             _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
 
 

@@ -503,9 +503,9 @@ inline constexpr KernelConfig kBackwardConfigs32[] = {
 // issue. There other mappings win at some sizes, which lose on the H100 (the
 // backward's next row loaded ahead at N=1024-4096: on the H100 1-8 points
 // slower). Cards whose memory streams more than kFastMemoryBytesPerSecond
-// (launch.cuh: fast_memory_card) take the tables below for rows of whole
-// 16-byte chunks (shifted rows and the memory-saving backward keep the
-// H100's, launch.cuh): the H100's with these entries merged in
+// (launch.cuh: fast_memory_card) take the tables below (the memory-saving
+// backward keeps the H100's, launch.cuh; shifted rows have their own, at the
+// end): the H100's with these entries merged in
 // (merge_entries: the changes of a max_row_bytes replace the entries of it;
 // a change of a new max_row_bytes goes before the next larger one, splitting
 // its range), some per dtype pair (launch.cuh). Measured on an H200
@@ -680,5 +680,104 @@ inline constexpr KernelConfig kBackwardChanges32FastMemory[] = {
 };
 inline constexpr auto kBackwardConfigs32FastMemory =
     merged_table<kBackwardConfigs32, kBackwardChanges32FastMemory>();
+
+// Shifted rows (N not a multiple of the vector) on cards of faster memory:
+// the H100 tables with these entries merged in (not those above, which were
+// measured on rows of whole chunks). On the H200 the H100 entries ran odd N
+// at 45-78% of copy (benchmark v29), against 86-90 for whole-chunk rows
+// beside them: their shifted kernels execute 1.5-1.7x the instructions
+// (Nsight Compute, bf16 / float32 N=4099 against 4096: 67.6 / 37.3 M
+// against 39.4 / 24.9 M warp instructions), so at the H100's 288-1024
+// threads of 32 bytes, one CTA per SM where registers allowed two, they
+// were bound by instruction issue or by too few warps. Tune v30 (H200, every
+// persistent mapping of 16-64 bytes per thread, 0-2 rows staged or the next
+// row in registers, at 512-2048 threads per SM; shifted N = 767-12287)
+// found mappings of 64-byte threads sized to the row, with more threads per
+// SM, the better ones; each entry below holds the N it was measured at
+// (% of copy against the H100 entry, same call).
+// Forward, 16-bit: N=3071 68.0 (64.5), 4099 74.0 (64.9), 6143 71.5 (61.8),
+// 8191 71.1 (53.7). The 9216-byte entry's rows run on the next entry's
+// mapping (the H100 had one of 288 x 32 B for them). Benchmark v30, the
+// same build with the H100 tables forced (bf16 / fp16 / bf16 with float32
+// weights): N=3071 68.1 / 69.3 / 65.0 (64.6 / 64.4 / 61.6), 4099 73.9 /
+// 73.8 / 68.4 (65.2 / 65.7 / 60.1), 6143 71.7 / 71.8 / 60.5 (62.2 / 60.7 /
+// 56.9), 8191 71.2 / 71.4 / 62.8 (53.5 / 53.7 / 47.3), 9001 71.9 / 72.7 /
+// 64.4 (57.4 / 57.1 / 49.4).
+inline constexpr KernelConfig kForwardShiftedChanges16FastMemory[] = {
+    with_prefetch({7168, 224, 32, 1, 1, 0, 1024}),
+    {9216, 160, 64, 1, 1, 1, 512},
+    {14336, 224, 64, 1, 1, 1, 1024},
+    {18432, 288, 64, 1, 1, 1, 1024},
+};
+inline constexpr auto kForwardShiftedConfigs16FastMemory =
+    merged_table<kForwardConfigs16, kForwardShiftedChanges16FastMemory>();
+// 16-bit rows with weights of their dtype (launch.cuh picks by the dtypes):
+// 18-26 KiB rows (N = 9210-13305) on 384 / 416 x 64 B at two CTAs per SM
+// (tune v30: N=12287 72.6 against 55.7; benchmark v30 bf16 / fp16 N=10001
+// 75.2 / 73.1 against 60.0 / 59.7, 12287 72.4 / 71.7 against 56.1 / 56.4,
+// 13001 72.0 / 72.0 against 58.8 / 59.3). With float32 weights these
+// kernels spill (8-12 bytes at 72-80 registers) and lost 3-6 points (10001
+// 45.6 against 51.6, 12287 49.0 / 52.2): not for them.
+inline constexpr KernelConfig kForwardShiftedChanges16SameWeightFastMemory[] = {
+    {24576, 384, 64, 1, 1, 1, 1024},
+    {26624, 416, 64, 1, 1, 1, 1024},
+};
+inline constexpr auto kForwardShiftedConfigs16SameWeightFastMemory =
+    merged_table<kForwardShiftedConfigs16FastMemory, kForwardShiftedChanges16SameWeightFastMemory>();
+// Forward, float32: N=767 80.1 (74.5), 1535 80.4 (76.3), 3071 79.6 (77.3),
+// 4099 79.0 (62.1), 5119 78.3 (69.1), 6143 75.0 (71.0), 8191 76.5 (70.9),
+// 12287 76.8 (69.1); most with the next row in registers. Benchmark v30
+// (H100 tables forced in brackets): 767 80.1 (74.3), 1535 80.9 (76.4), 3071
+// 79.2 (76.6), 4099 79.5 (61.8), 5119 79.5 (69.3), 6143 75.2 (70.9), 8191
+// 77.6 (71.2), 12287 76.6 (68.7).
+inline constexpr KernelConfig kForwardShiftedChanges32FastMemory[] = {
+    with_prefetch({4096, 128, 32, 1, 1, 0, 1024}),
+    with_prefetch({7168, 224, 32, 1, 1, 0, 1024}),
+    with_prefetch({16384, 256, 64, 1, 1, 0, 512}),
+    with_prefetch({18432, 288, 64, 1, 1, 0, 512}),
+    with_prefetch({22528, 352, 64, 1, 1, 0, 1024}),
+    {26624, 416, 64, 1, 1, 1, 512},
+    with_prefetch({34816, 544, 64, 1, 1, 0, 1024}),
+    {51200, 800, 64, 1, 1, 1, 1024},
+};
+inline constexpr auto kForwardShiftedConfigs32FastMemory =
+    merged_table<kForwardConfigs32, kForwardShiftedChanges32FastMemory>();
+// Backward, 16-bit (every dtype pair; shifted rows are staged, see
+// shifted_backward_config): N=767 58.2 (53.1), 2047 62.6 (53.2), 3071 58.4
+// (54.2), 6143 55.6 (45.1), 8191 49.5 (45.0), 12287 50.8 (47.0). Some of
+// these kernels spill (48-212 bytes at 72-128 registers, most with float32
+// weights) and still gained in the benchmark v30 (bf16 / fp16 / bf16 with
+// float32 weights; H100 tables forced in brackets): N=767 57.7 / 59.1 /
+// 58.3 (53.4 / 53.3 / 52.5), 2047 62.3 / 55.1 / 61.8 (52.8 / 52.9 / 51.5),
+// 3071 58.7 / 59.9 / 54.0 (54.4 / 52.6 / 46.9), 6143 55.9 / 53.0 / 49.0
+// (45.2 / 45.3 / 45.0), 8191 49.6 / 49.2 / 48.4 (44.8 / 45.0 / 45.3), 12287
+// 51.2 / 48.7 / 46.5 (47.0 / 45.6 / 43.0).
+inline constexpr KernelConfig kBackwardShiftedChanges16FastMemory[] = {
+    {2048, 128, 16, 1, 1, 1, 512, true, kAccSmem},
+    {4608, 288, 16, 1, 1, 2, 512, true, kAccSmem},
+    {7168, 224, 32, 1, 1, 2, 1024, true, kAccSmem},
+    {14336, 224, 64, 1, 1, 1, 512, true, kAccSmem},
+    {18432, 288, 64, 1, 1, 2, 512, true, kAccSmem},
+    {26624, 416, 64, 1, 1, 1, 512, true, kAccSmem},
+};
+inline constexpr auto kBackwardShiftedConfigs16FastMemory =
+    merged_table<kBackwardConfigs16, kBackwardShiftedChanges16FastMemory>();
+// Backward, float32: N=767 81.1 (51.8), 1535 82.9 (77.1), 3071 79.2
+// (73.4), 4099 77.8 (62.0: the H100's 544-thread entry for rows just past
+// 16 KiB, whose rows the 288 x 64 B mapping takes up to 18 KiB), 5119 67.7
+// (63.3), 6143 69.1 (60.4). Benchmark v30: 767 80.9 (53.9), 1535 82.8
+// (77.1), 3071 79.1 (73.8), 4099 78.0 (62.1), 5119 67.3 (63.2), 6143 70.2
+// (60.3).
+inline constexpr KernelConfig kBackwardShiftedChanges32FastMemory[] = {
+    {4096, 128, 32, 1, 1, 0, 1024, true, kAccSmem},
+    {7168, 224, 32, 1, 1, 2, 1024, true, kAccSmem},
+    {13312, 416, 32, 1, 1, 2, 1024, true, kAccSmem},
+    {16640, 288, 64, 1, 1, 1, 576, true, kAccSmem},
+    {18432, 288, 64, 1, 1, 1, 576, true, kAccSmem},
+    {22528, 352, 64, 1, 1, 1, 512, true, kAccSmem},
+    {26624, 416, 64, 1, 1, 2, 512, true, kAccSmem},
+};
+inline constexpr auto kBackwardShiftedConfigs32FastMemory =
+    merged_table<kBackwardConfigs32, kBackwardShiftedChanges32FastMemory>();
 
 }  // namespace fastlayernorm::cuda

@@ -447,6 +447,17 @@ constexpr const auto& forward_configs16_fast_memory() {
   }
 }
 
+// The forward table of shifted rows on cards of faster memory for a dtype
+// pair: with weights of the input's 16-bit dtype, or another.
+template <typename T, typename W>
+constexpr const auto& forward_shifted_configs16_fast_memory() {
+  if constexpr (std::is_same_v<W, T> && sizeof(T) == 2) {
+    return kForwardShiftedConfigs16SameWeightFastMemory;
+  } else {
+    return kForwardShiftedConfigs16FastMemory;
+  }
+}
+
 // Launches the register kernel of the table entry that holds the rows; false
 // when none takes them (a tensor off a 16-byte boundary, rows beyond the
 // table, clusters this GPU lacks, more shared memory than a CTA may have):
@@ -466,10 +477,12 @@ bool launch_forward_registers(const ForwardArgs& a) {
   const int64_t row_bytes = row_capacity_bytes<T>(a.cols);
   const bool clusters_ok = hopper_launch_features();
   if constexpr (kShiftedKernels) {
-    // Shifted rows take the H100 tables on every card: the fast-memory
-    // entries were measured on rows of whole chunks only.
+    // Shifted rows have tables of their own on cards of faster memory (the
+    // entries for rows of whole chunks were measured on those only).
     if (shifted) {
-      return dispatch_table_for<T, kForwardConfigs16, kForwardConfigs32>(
+      return dispatch_table_by_memory<T, kForwardConfigs16, kForwardConfigs32,
+                                      forward_shifted_configs16_fast_memory<T, W>(),
+                                      kForwardShiftedConfigs32FastMemory>(
           row_bytes, clusters_ok,
           [&](auto entry) { return launch_forward_entry<T, W, true>(entry, p, stream); });
     }
@@ -681,17 +694,22 @@ bool launch_backward_registers(const BackwardArgs& a) {
     return true;
   }
   if constexpr (kAllVariants) {
-    // The memory-saving kernels and shifted rows take the H100 tables on
-    // every card: the fast-memory entries were measured on the regular
-    // backward of rows of whole chunks (and some of their memory-saving and
-    // staged shifted twins spill: ptxas 36-312 bytes).
-    if (a.from_output || shifted) {
+    // The memory-saving kernels take the H100 tables on every card: the
+    // fast-memory entries were measured on the regular backward (and some of
+    // their memory-saving twins spill: ptxas 36-208 bytes). Shifted rows have
+    // tables of their own on cards of faster memory.
+    if (a.from_output) {
       return dispatch_table_for<T, kBackwardConfigs16, kBackwardConfigs32>(
           row_bytes, clusters_ok, [&](auto entry) {
-            if (a.from_output) {
-              return launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db,
-                                                              stream);
-            }
+            return launch_backward_entry<T, W, true, false>(entry, p, float_options, dw, db,
+                                                            stream);
+          });
+    }
+    if (shifted) {
+      return dispatch_table_by_memory<T, kBackwardConfigs16, kBackwardConfigs32,
+                                      kBackwardShiftedConfigs16FastMemory,
+                                      kBackwardShiftedConfigs32FastMemory>(
+          row_bytes, clusters_ok, [&](auto entry) {
             return launch_backward_entry<T, W, false, true>(entry, p, float_options, dw, db,
                                                             stream);
           });
