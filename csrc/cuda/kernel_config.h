@@ -686,10 +686,11 @@ inline constexpr auto kBackwardConfigs32FastMemory =
 // measured on rows of whole chunks). On the H200 the H100 entries ran odd N
 // at 45-78% of copy (benchmark v29), against 86-90 for whole-chunk rows
 // beside them: their shifted kernels execute 1.5-1.7x the instructions
-// (Nsight Compute, bf16 / float32 N=4099 against 4096: 67.6 / 37.3 M
-// against 39.4 / 24.9 M warp instructions), so at the H100's 288-1024
-// threads of 32 bytes, one CTA per SM where registers allowed two, they
-// were bound by instruction issue or by too few warps. Tune v30 (H200, every
+// (Nsight Compute, forward bf16 / float32 N=4099 against 4096: 67.6 / 37.3
+// M against 39.4 / 24.9 M warp instructions), and on the H100's mappings
+// they were bound by instruction issue (the 16-bit forward's 32-byte
+// threads: each row's reductions spread over 16 elements) or had too few
+// warps (4-6 per scheduler against 7.5). Tune v30 (H200, every
 // persistent mapping of 16-64 bytes per thread, 0-2 rows staged or the next
 // row in registers, at 512-2048 threads per SM; shifted N = 767-12287)
 // found mappings of 64-byte threads sized to the row, with more threads per
