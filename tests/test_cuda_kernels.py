@@ -188,6 +188,32 @@ SHIFTED_FAST_MEMORY_NS = {
 }
 
 
+def _shifted_change_row_bytes(width):
+    """max_row_bytes of the shifted-row changes of cards of faster memory for 16- or
+    32-bit rows, read from kernel_config.h (forward and backward arrays alike)."""
+    text = _KERNEL_CONFIG.read_text()
+    out = set()
+    for body in re.findall(r"k\w+ShiftedChanges%d\w*FastMemory\[\] = \{(.*?)\n\};" % width,
+                           text, re.S):
+        out.update(int(m) for m in re.findall(r"\{(\d+),", body))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_shifted_sizes_follow_the_tables(size):
+    """SHIFTED_FAST_MEMORY_NS holds the last shifted N of every changed entry's range (the
+    largest N off the vector whose (N + VEC - 1) elements fit the entry): a table change
+    that leaves a new range without its edge fails here, not silently."""
+    vec = 16 // size
+    row_bytes = _shifted_change_row_bytes(16 if size == 2 else 32)
+    assert len(row_bytes) >= 6, row_bytes
+    for b in row_bytes:
+        last = b // size - vec + 1
+        while last % vec == 0:
+            last -= 1
+        assert last in SHIFTED_FAST_MEMORY_NS[size], (b, last)
+
+
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
                                           (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
                          ids=str)

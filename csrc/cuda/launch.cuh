@@ -436,25 +436,14 @@ bool launch_forward_entry(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t
 }
 
 // The forward's fast-memory table of a 16-bit dtype pair (kernel_config.h):
-// rows, weights and output of one dtype; the rest (float32 weights,
-// autocast's float32 output).
-template <typename T, typename W, typename O>
-constexpr const auto& forward_configs16_fast_memory() {
+// kSame for rows, weights and output of one dtype, kOther for the rest
+// (float32 weights, autocast's float32 output).
+template <typename T, typename W, typename O, const auto& kSame, const auto& kOther>
+constexpr const auto& forward_table_of_dtype_pair() {
   if constexpr (std::is_same_v<W, T> && std::is_same_v<O, T> && sizeof(T) == 2) {
-    return kForwardConfigs16SameWeightFastMemory;
+    return kSame;
   } else {
-    return kForwardConfigs16FastMemory;
-  }
-}
-
-// The forward table of shifted rows on cards of faster memory for a dtype
-// pair: with weights of the input's 16-bit dtype, or another.
-template <typename T, typename W>
-constexpr const auto& forward_shifted_configs16_fast_memory() {
-  if constexpr (std::is_same_v<W, T> && sizeof(T) == 2) {
-    return kForwardShiftedConfigs16SameWeightFastMemory;
-  } else {
-    return kForwardShiftedConfigs16FastMemory;
+    return kOther;
   }
 }
 
@@ -481,7 +470,9 @@ bool launch_forward_registers(const ForwardArgs& a) {
     // entries for rows of whole chunks were measured on those only).
     if (shifted) {
       return dispatch_table_by_memory<T, kForwardConfigs16, kForwardConfigs32,
-                                      forward_shifted_configs16_fast_memory<T, W>(),
+                                      forward_table_of_dtype_pair<
+                                          T, W, O, kForwardShiftedConfigs16SameWeightFastMemory,
+                                          kForwardShiftedConfigs16FastMemory>(),
                                       kForwardShiftedConfigs32FastMemory>(
           row_bytes, clusters_ok,
           [&](auto entry) { return launch_forward_entry<T, W, true>(entry, p, stream); });
@@ -489,7 +480,9 @@ bool launch_forward_registers(const ForwardArgs& a) {
   }
   auto launch = [&](auto entry) { return launch_forward_entry<T, W, false>(entry, p, stream); };
   return dispatch_table_by_memory<T, kForwardConfigs16, kForwardConfigs32,
-                                  forward_configs16_fast_memory<T, W, O>(),
+                                  forward_table_of_dtype_pair<
+                                      T, W, O, kForwardConfigs16SameWeightFastMemory,
+                                      kForwardConfigs16FastMemory>(),
                                   kForwardConfigs32FastMemory>(row_bytes, clusters_ok, launch);
 }
 
