@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -511,12 +512,16 @@ def main():
         torch.ops.load_library(str(Path(args.build_dir) / "fastlayernorm_tune.so"))
     else:
         sources = generate_sources(Path(args.build_dir), unique)
+        # FASTLAYERNORM_PTXAS_VERBOSE=1 (as for setup.py): ptxas's registers
+        # and spills of each candidate in the build's output (ptxas_report.py).
+        ptxas_verbose = bool(os.environ.get("FASTLAYERNORM_PTXAS_VERBOSE"))
         load(name="fastlayernorm_tune", sources=sources,
              extra_include_paths=[str(REPO / "csrc")],
              extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
                                 "-gencode=arch=compute_90,code=sm_90",
-                                "-DFASTLAYERNORM_WITH_CUDA"],
-             extra_cflags=["-O3"], build_directory=args.build_dir, verbose=False,
+                                "-DFASTLAYERNORM_WITH_CUDA"]
+             + (["-Xptxas=-v"] if ptxas_verbose else []),
+             extra_cflags=["-O3"], build_directory=args.build_dir, verbose=ptxas_verbose,
              is_python_module=False)
         manifest.write_text(plan_text)
         print(f"built {len(unique)} kernels in {time.time() - t0:.0f}s", flush=True)
