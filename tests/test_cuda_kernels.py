@@ -31,6 +31,7 @@ from conftest import (
     torch_result,
 )
 from test_ops import check_against_reference, run_all_ops
+from test_kernel_tables import KERNEL_CONFIG as _KERNEL_CONFIG, SHIFTED_FAST_MEMORY_NS
 
 pytestmark = pytest.mark.cuda
 
@@ -43,7 +44,6 @@ ALL_TRUE = [True, True, True]
 # entries (each entry's max_row_bytes, read from the header so a table change
 # cannot leave its new edges untested), the last of them being the edge of the
 # register kernels (beyond it: fallback kernels).
-_KERNEL_CONFIG = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "kernel_config.h"
 # An entry line: "{bytes, ...", or wrapped by its helpers ("with_part_groups({bytes,",
 # "params_from_cache({bytes,", ...), whichever they are, or "row_in_smem_entry(bytes,";
 # not the continuation lines of wrapped entries (a helper's trailing arguments).
@@ -174,44 +174,6 @@ def test_forward_entries_of_fast_memory(dtype, wdtype):
     for n in long_ns:
         for rows in [1, 3, 301, 1201]:
             _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
-
-
-# Shifted rows (N not a multiple of the vector) on cards of faster memory take tables of
-# their own (kernel_config.h k*ShiftedChanges*FastMemory): the first and last shifted N of
-# each changed range (rows of (N + VEC - 1) elements' bytes between the entry before it and
-# its own max_row_bytes), and the N each entry was measured at.
-SHIFTED_FAST_MEMORY_NS = {
-    2: [762, 1017, 2042, 2297, 3066, 3071, 3577, 4090, 4099, 4601, 6138, 6143, 7161, 8186,
-        8191, 9209, 9210, 10001, 12281, 12282, 12287, 13305],
-    4: [510, 767, 1021, 1022, 1535, 1789, 3070, 3071, 3325, 4093, 4094, 4099, 4157, 4158,
-        4605, 5118, 5119, 5629, 6142, 6143, 6653, 8190, 8191, 8701, 12286, 12287, 12797],
-}
-
-
-def _shifted_change_row_bytes(width):
-    """max_row_bytes of the shifted-row changes of cards of faster memory for 16- or
-    32-bit rows, read from kernel_config.h (forward and backward arrays alike)."""
-    text = _KERNEL_CONFIG.read_text()
-    out = set()
-    for body in re.findall(r"k\w+ShiftedChanges%d\w*FastMemory\[\] = \{(.*?)\n\};" % width,
-                           text, re.S):
-        out.update(int(m) for m in re.findall(r"\{(\d+),", body))
-    return sorted(out)
-
-
-@pytest.mark.parametrize("size", [2, 4])
-def test_shifted_sizes_follow_the_tables(size):
-    """SHIFTED_FAST_MEMORY_NS holds the last shifted N of every changed entry's range (the
-    largest N off the vector whose (N + VEC - 1) elements fit the entry): a table change
-    that leaves a new range without its edge fails here, not silently."""
-    vec = 16 // size
-    row_bytes = _shifted_change_row_bytes(16 if size == 2 else 32)
-    assert len(row_bytes) >= 6, row_bytes
-    for b in row_bytes:
-        last = b // size - vec + 1
-        while last % vec == 0:
-            last -= 1
-        assert last in SHIFTED_FAST_MEMORY_NS[size], (b, last)
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
