@@ -1,10 +1,13 @@
 """Runs the CUDA forward and backward kernels once over the test shapes, small
 enough for compute-sanitizer (memcheck, racecheck, synccheck): every kernel
 variant family (lane groups, whole-CTA rows, clusters, unaligned scalar rows,
-fallback, float64) is touched, and results are checked against float64."""
+fallback, float64) is touched, and results are checked against float64.
+`--register-accumulators` runs only the entries of session 25 (below)."""
+import sys
+
 import torch
 
-import fastlayernorm  # noqa: F401
+import fastlayernorm
 
 ops = torch.ops.fastlayernorm
 
@@ -143,8 +146,51 @@ def main():
     for n, dtype in ((32768, torch.float32), (131072, torch.float32), (262144, torch.float32),
                      (200001, torch.bfloat16), (524288, torch.bfloat16)):
         ok &= check(3, n, dtype, dtype)
+    ok &= check_register_accumulator_entries()
     print("ALL OK" if ok else "SOME FAILED", flush=True)
 
 
+def check_register_accumulator_entries():
+    """The 16-bit backward entries of cards of faster memory whose 32-byte threads keep
+    dweight/dbias in registers while loading the next row (session 25): two-row CTAs
+    (4-8 KiB rows), clusters of two (12-32 KiB) and eight (32-128 KiB), the weight in
+    registers or shared memory; more rows than one round of CTAs (clusters), an odd
+    number of them; and autocast's float32 output gradient (G = float)."""
+    ok = True
+    for rows, n, dtype, wdtype in ((600, 2000, torch.bfloat16, torch.bfloat16),
+                                   (601, 2048, torch.float16, torch.float32),
+                                   (600, 4096, torch.bfloat16, torch.bfloat16),
+                                   (601, 3500, torch.float16, torch.float32),
+                                   (301, 8192, torch.bfloat16, torch.bfloat16),
+                                   (300, 7000, torch.float16, torch.float32),
+                                   (151, 16384, torch.float16, torch.float16),
+                                   (150, 16000, torch.bfloat16, torch.float32),
+                                   (41, 32768, torch.float16, torch.float16),
+                                   (40, 30000, torch.bfloat16, torch.float32),
+                                   (41, 65536, torch.bfloat16, torch.float32)):
+        ok &= check(rows, n, dtype, wdtype)
+    for rows, n, dtype in ((301, 8192, torch.bfloat16), (41, 32768, torch.float16)):
+        g = torch.Generator(device="cuda").manual_seed(rows + n)
+        x = torch.randn(rows, n, device="cuda", generator=g).to(dtype).requires_grad_(True)
+        w = (1 + 0.1 * torch.randn(n, device="cuda", generator=g)).requires_grad_(True)
+        b = (0.1 * torch.randn(n, device="cuda", generator=g)).requires_grad_(True)
+        with torch.autocast("cuda", dtype=dtype):
+            y = fastlayernorm.layer_norm(x, [n], w, b, 1e-5)
+        dy = torch.randn(rows, n, device="cuda", generator=g)
+        dx, dw, db = torch.autograd.grad(y, [x, w, b], dy)
+        torch.cuda.synchronize()
+        xd, wd, bd = (t.detach().double().cpu().requires_grad_(True) for t in (x, w, b))
+        ref = torch.nn.functional.layer_norm(xd, [n], wd, bd, 1e-5)
+        ref.backward(dy.double().cpu())
+        errs = [rel(dx.cpu(), xd.grad), rel(dw.cpu(), wd.grad), rel(db.cpu(), bd.grad)]
+        good = errs[0] <= 1e-2 and errs[1] <= 1e-5 and errs[2] <= 1e-5
+        print(f"{'ok' if good else 'FAIL'} autocast rows={rows} n={n} {dtype} errs={['%.1e' % e for e in errs]}",
+              flush=True)
+        ok &= good
+    return ok
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--register-accumulators"]:
+        sys.exit(0 if check_register_accumulator_entries() else 1)
     main()

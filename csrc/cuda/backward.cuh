@@ -167,7 +167,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // PREFETCH: a one-row pipeline in registers. The next row's x, dy, mean
   // and rstd are loaded once this row's partial sums are taken and stay in
   // flight over the row's reduction, its dx and its accumulator update (in
-  // shared memory). Only packs of x and dy are held (two rows' worth), x_hat
+  // shared memory, or with ACC_SMEM false in registers, added to after the
+  // reduction: 32-byte threads at 128 registers hold them beside the two
+  // rows' packs, and skip 16 bytes of shared-memory traffic per element and
+  // row, session 25). Only packs of x and dy are held (two rows' worth), x_hat
   // and w*dy widened again after the reduction; weight stays in registers
   // (from L1 it waited on L2 inside the row: the accumulators take the L1's
   // shared memory) or, PARAMS_SMEM, in shared memory. For entries with
@@ -175,13 +178,12 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // threads at 128 with PARAMS_SMEM): where the two rows spill it loses. Not
   // for staged or shifted rows (backward_prefetches).
   constexpr bool kPrefetch = backward_prefetches(PREFETCH, STAGES, SHIFTED);
-  static_assert(!PREFETCH || ACC_SMEM, "the prefetching kernel updates accumulators in shared memory");
   // PARAMS_SMEM (prefetching kernels only; the launcher decides where it
   // fits): the thread's weight (and bias) chunks in its own shared-memory
-  // slots after the accumulators, read once per row chunk by chunk, instead
-  // of registers: the two rows' packs of a 64-byte thread fit 128 registers
-  // (held in registers they spilled, v19). Written and read by the same
-  // thread only: no barrier.
+  // slots (after the accumulators, where those are there too), read once per
+  // row chunk by chunk, instead of registers: the two rows' packs of a
+  // 64-byte thread fit 128 registers (held in registers they spilled, v19).
+  // Written and read by the same thread only: no barrier.
   static_assert(!PARAMS_SMEM || kPrefetch, "weight in shared memory is a prefetching kernel's option");
   static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
                 "partial groups add the accumulators in shared memory of one-row CTAs, "
@@ -253,7 +255,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // PARAMS_SMEM: [weight, bias][ITEMS][kThreads] packs after the accumulators,
   // loaded once.
   Pack<W, VEC>* const params_smem =
-      reinterpret_cast<Pack<W, VEC>*>(acc_smem + 2 * ITEMS * (VEC / 4) * kThreads);
+      reinterpret_cast<Pack<W, VEC>*>(acc_smem + (ACC_SMEM ? 2 * ITEMS * (VEC / 4) * kThreads
+                                                            : 0));
   auto param_slot = [&](int tensor, int i) -> Pack<W, VEC>& {
     return params_smem[(tensor * ITEMS + i) * kThreads + threadIdx.x];
   };
@@ -398,7 +401,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       widen(i, xh[i], g, wg[i]);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        if constexpr (!ACC_SMEM) {
+        if constexpr (!ACC_SMEM && !kPrefetch) {
           dw_acc[i][k] = fmaf(g[k], xh[i][k], dw_acc[i][k]);
           db_acc[i][k] += g[k];
         }
@@ -443,7 +446,15 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         float xh_i[VEC], g[VEC], wg_i[VEC];
         widen(i, xh_i, g, wg_i);
         if (row_ok && p.dx) store_dx(i, xh_i, wg_i);
-        if (want_params) accumulate_smem(i, g, xh_i);
+        if constexpr (ACC_SMEM) {
+          if (want_params) accumulate_smem(i, g, xh_i);
+        } else {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            dw_acc[i][k] = fmaf(g[k], xh_i[k], dw_acc[i][k]);
+            db_acc[i][k] += g[k];
+          }
+        }
       }
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {

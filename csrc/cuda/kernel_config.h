@@ -52,10 +52,11 @@ struct KernelConfig {
   // few-register kernels: shared memory; float32 weights with 16-bit rows:
   // loaded in the output loop) it is ignored (forward_params_in_smem).
   bool params_in_smem = true;
-  // Backward (accumulators in shared memory, rows not staged or shifted):
-  // the next row's x, dy, mean and rstd are loaded into registers once the
-  // row's partial sums are taken, and are in flight over its reduction, dx
-  // and accumulator update (backward.cuh). Forward (persistent register
+  // Backward (rows not staged or shifted): the next row's x, dy, mean and
+  // rstd are loaded into registers once the row's partial sums are taken,
+  // and are in flight over its reduction, dx and accumulator update
+  // (backward.cuh; the accumulators in shared memory, or in registers for
+  // 32-byte threads, session 25). Forward (persistent register
   // entries, stages 0): the next row's x, in flight over the row's
   // reductions and output (forward.cuh). Two rows' packs in registers: for
   // mappings with registers to spare (where they spill it loses,
@@ -647,10 +648,26 @@ inline constexpr auto kForwardConfigs32FastMemory =
 // 16 B); N=4096 82.3 (77.2) on the H100 entry's mapping. float32: N=768
 // 89.5 (78.6), 1536 89.4 (84.8), 3072 89.5 (83.3), 5120 89.9 (80.2), 6144
 // 90.1 (80.2).
+// From 4 KiB rows (tune v32, session 25: `tune-h200-v32-bwd-regacc2-*`, two
+// passes within 0.5 points, against the entries before in the same process):
+// 32-byte threads keeping the dweight/dbias accumulators in registers while
+// loading the next row, which spares the per-row read and write of
+// accumulators in shared memory (16 bytes per element and row, 2.7x the
+// row's DRAM bytes in 16 bits) and, in CTAs of two rows or clusters of two to
+// eight, keeps the partial rows few. Here the entries of rows with float32
+// weights (bf16 with float32 weights, % of copy, before in brackets): N=2048
+// 84.6 (82.5), 4096 83.9 (76.4), 8192 82.0 (78.5), 16384 79.0 (69.2), 32768
+// 76.9 (68.2), 65536 73.6 (65.4); with weights of the rows' dtype the table
+// below changes four of them.
 inline constexpr KernelConfig kBackwardChanges16FastMemory[] = {
     with_smem_weight(with_prefetch({2048, 32, 64, 8, 1, 0, 512, true, kAccSmem})),
     with_smem_weight(with_prefetch({3072, 192, 16, 1, 1, 0, 1024, true, kAccSmem})),
-    with_smem_weight(with_prefetch({8192, 128, 64, 2, 1, 0, 512, true, kAccSmem})),
+    with_prefetch({4096, 128, 32, 2, 1, 0, 512}),
+    with_prefetch({8192, 256, 32, 2, 1, 0, 512}),
+    with_smem_weight(with_prefetch({16384, 256, 32, 1, 2, 0, 512})),
+    with_smem_weight(with_prefetch({32768, 512, 32, 1, 2, 0, 512})),
+    with_smem_weight(with_prefetch({65536, 256, 32, 1, 8, 0, 512})),
+    with_smem_weight(with_prefetch({131072, 512, 32, 1, 8, 0, 512})),
 };
 inline constexpr auto kBackwardConfigs16FastMemory =
     merged_table<kBackwardConfigs16, kBackwardChanges16FastMemory>();
@@ -658,16 +675,28 @@ inline constexpr auto kBackwardConfigs16FastMemory =
 // by the dtypes): 3-3.5 KiB rows (N = 1537-1792) on two-row CTAs of 64 x
 // 64 B loading their next row (v26b: bf16 N=1600 77.2% against 67.1, fp16
 // 72.3 / 67.0-67.6; with float32 weights 59.0 / 67.4, its twin spilling).
+// From 8 KiB rows (tune v32, bf16 / fp16, before in brackets): N=8192 on
+// clusters of two 256 x 32 B CTAs, the weight in registers, 81.1 / 80.3 (78.3
+// / 76.4; smem weight 80.4 / 78.5); N=16384 on clusters of two 512 x 32 B
+// CTAs 78.6 / 77.5 (75.3 / 75.3); N=32768 on clusters of eight 256 x 32 B
+// CTAs, fp16 75.7 (73.4-73.8; bf16 76.9 against 78.1: the bf16 table keeps
+// the H100 entry); N=65536 keeps the H100 entry (bf16 / fp16 76.5 / 72.7-73.0
+// against 72.8 / 69.1 on the float32 weights' mapping). N = 2048 / 4096 take
+// the entries above (bf16 84.5 / 83.7, fp16 83.7 / 82.3; before 82.4 / 82.6
+// and 81.7 / 82.0).
 inline constexpr KernelConfig kBackwardChanges16SameWeightFastMemory[] = {
     with_smem_weight(with_prefetch({3584, 64, 64, 2, 1, 0, 512, true, kAccSmem})),
+    with_prefetch({16384, 256, 32, 1, 2, 0, 512}),
+    with_prefetch({32768, 512, 32, 1, 2, 0, 512}),
+    with_prefetch({65536, 256, 32, 1, 8, 0, 512}),
+    entry_of(kBackwardConfigs16, 131072),
 };
 inline constexpr auto kBackwardConfigs16SameWeightFastMemory =
     merged_table<kBackwardConfigs16FastMemory, kBackwardChanges16SameWeightFastMemory>();
-// bfloat16 rows and weights: 24-32 KiB rows (N = 12289-16384) on one
-// 512 x 64 B CTA per row without partial groups (v26b: N=16384 75.1%
-// against 67.7-67.9; fp16 73.1 against 74.8-75.8).
+// bfloat16 rows and weights: 32-64 KiB rows (N = 16385-32768) on the H100
+// entry (tune v32: 78.1% against 76.9 on the fp16 entry above).
 inline constexpr KernelConfig kBackwardChangesBF16FastMemory[] = {
-    with_smem_weight(with_prefetch({32768, 512, 64, 1, 1, 0, 512, true, kAccSmem})),
+    entry_of(kBackwardConfigs16, 65536),
 };
 inline constexpr auto kBackwardConfigsBF16FastMemory =
     merged_table<kBackwardConfigs16SameWeightFastMemory, kBackwardChangesBF16FastMemory>();
