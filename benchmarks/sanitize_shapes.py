@@ -152,22 +152,27 @@ def main():
 
 def check_register_accumulator_entries():
     """The 16-bit backward entries of cards of faster memory whose 32-byte threads keep
-    dweight/dbias in registers while loading the next row (session 25): two-row CTAs
-    (4-8 KiB rows), clusters of two (12-32 KiB) and eight (32-128 KiB), the weight in
-    registers or shared memory; more rows than one round of CTAs (clusters), an odd
+    dweight/dbias in registers while loading the next row (session 25): one-row CTAs (3
+    KiB rows), two-row CTAs (4-8 KiB), clusters of two (10 and 12-32 KiB), eight (32-128
+    KiB) and sixteen (256 KiB), the weight in registers or shared memory; more rows than one round of CTAs (clusters), an odd
     number of them; and autocast's float32 output gradient (G = float)."""
     ok = True
-    for rows, n, dtype, wdtype in ((600, 2000, torch.bfloat16, torch.bfloat16),
+    for rows, n, dtype, wdtype in ((700, 1536, torch.float16, torch.float16),
+                                   (701, 1400, torch.bfloat16, torch.float32),
+                                   (600, 2000, torch.bfloat16, torch.bfloat16),
                                    (601, 2048, torch.float16, torch.float32),
                                    (600, 4096, torch.bfloat16, torch.bfloat16),
                                    (601, 3500, torch.float16, torch.float32),
+                                   (301, 5000, torch.float16, torch.float16),
+                                   (300, 5120, torch.bfloat16, torch.bfloat16),
                                    (301, 8192, torch.bfloat16, torch.bfloat16),
                                    (300, 7000, torch.float16, torch.float32),
                                    (151, 16384, torch.float16, torch.float16),
                                    (150, 16000, torch.bfloat16, torch.float32),
                                    (41, 32768, torch.float16, torch.float16),
                                    (40, 30000, torch.bfloat16, torch.float32),
-                                   (41, 65536, torch.bfloat16, torch.float32)):
+                                   (41, 65536, torch.bfloat16, torch.float32),
+                                   (17, 131072, torch.bfloat16, torch.float32)):
         ok &= check(rows, n, dtype, wdtype)
     for rows, n, dtype in ((301, 8192, torch.bfloat16), (41, 32768, torch.float16)):
         g = torch.Generator(device="cuda").manual_seed(rows + n)

@@ -141,28 +141,36 @@ def test_row_counts(dtype, n):
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
                                           (torch.bfloat16, torch.float32), (torch.float16, torch.float32)],
                          ids=str)
-@pytest.mark.parametrize("n", [1544, 1600, 1792, 2000, 2048, 4000, 4096, 6200, 8192, 12296, 16384,
-                               20000, 32768, 40000, 65536])
+@pytest.mark.parametrize("n", [1400, 1536, 1544, 1600, 1792, 2000, 2048, 4000, 4096, 4700, 5120,
+                               6200, 8192, 12296, 16384, 20000, 32768, 40000, 65536, 131072])
 def test_backward_tables_per_dtype_pair(dtype, wdtype, n):
     """The 16-bit backward entries of cards of faster memory (kernel_config.h), some per
-    dtype pair: 3-3.5 KiB rows with 16-bit weights; from 4 KiB rows the 32-byte threads
-    holding their dweight/dbias accumulators in registers (two-row CTAs at 4-8 KiB rows,
-    clusters of two at 12-32 KiB, of eight at 32-128 KiB with float32 weights, 32-64 KiB
-    with fp16 ones), the H100 entries for bfloat16 at 32-64 KiB rows and 16-bit weights at
-    64-128 KiB; at row counts around their persistent grids (more rows than the few-row
-    backward takes at N <= 8192)."""
-    for rows in ([129, 263, 1000, 2049] if n < 4096 else [33, 131, 133, 263, 265]
-                 if n <= 8192 else [1, 3, 131, 133, 263]):
+    dtype pair: 3-3.5 KiB rows with 16-bit weights; the 32-byte threads holding their
+    dweight/dbias accumulators in registers (2.5-3 KiB rows; two-row CTAs at 4-8 KiB rows,
+    clusters of two at 9-10 and 12-32 KiB, of eight at 32-128 KiB with float32 weights,
+    32-64 KiB with fp16 ones, of sixteen at 128-256 KiB with float32 weights), the weight
+    in shared memory or registers by dtype pair, the H100 entries for bfloat16 at 32-64
+    KiB rows and 16-bit weights at 64-256 KiB; at row counts around their persistent
+    grids (more rows than the few-row backward takes at N <= 8192)."""
+    if n < 4096:
+        row_counts = [129, 263, 1000, 2049]
+    elif n <= 8192:
+        row_counts = [33, 131, 133, 263, 265, 397]
+    elif n < 65536:
+        row_counts = [1, 3, 131, 133, 263]
+    else:
+        row_counts = [1, 3, 9, 17, 33]
+    for rows in row_counts:
         _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
 
 
 @pytest.mark.parametrize("x_dtype", LOW_PRECISION, ids=str)
-@pytest.mark.parametrize("n", [2048, 4096, 8192, 16384, 32768, 65536])
+@pytest.mark.parametrize("n", [1536, 2048, 4096, 5120, 8192, 16384, 32768, 65536, 131072])
 def test_autocast_backward_float32_grad(x_dtype, n):
     """Autocast's backward (16-bit rows, float32 weights and a float32 output gradient:
     the G = float instantiations) on the 16-bit backward entries of cards of faster
     memory that keep dweight/dbias in registers, against the float64 reference."""
-    rows = 263
+    rows = 263 if n <= 32768 else 17
     x = make_input((rows, n), x_dtype, "cuda").requires_grad_(True)
     w, b = make_params([n], torch.float32, "cuda")
     w.requires_grad_(True)

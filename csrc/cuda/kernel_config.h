@@ -645,7 +645,7 @@ inline constexpr auto kForwardConfigs32FastMemory =
 // of the same call, bwd-table): N=1024
 // 86.2% of copy (74.9) on 32 x 64 B x 8 rows, weight in shared memory;
 // N=1536 80.4 (73.6) on 192 x 16 B (rows of 3073-3584 bytes stay on 224 x
-// 16 B); N=4096 82.3 (77.2) on the H100 entry's mapping. float32: N=768
+// 16 B; since v32 96 x 32 B, below); N=4096 82.3 (77.2) on the H100 entry's mapping. float32: N=768
 // 89.5 (78.6), 1536 89.4 (84.8), 3072 89.5 (83.3), 5120 89.9 (80.2), 6144
 // 90.1 (80.2).
 // From 4 KiB rows (tune v32, session 25: `tune-h200-v32-bwd-regacc2-*`, two
@@ -654,20 +654,23 @@ inline constexpr auto kForwardConfigs32FastMemory =
 // loading the next row, which spares the per-row read and write of
 // accumulators in shared memory (16 bytes per element and row, 2.7x the
 // row's DRAM bytes in 16 bits) and, in CTAs of two rows or clusters of two to
-// eight, keeps the partial rows few. Here the entries of rows with float32
-// weights (bf16 with float32 weights, % of copy, before in brackets): N=2048
-// 84.6 (82.5), 4096 83.9 (76.4), 8192 82.0 (78.5), 16384 79.0 (69.2), 32768
-// 76.9 (68.2), 65536 73.6 (65.4); with weights of the rows' dtype the table
-// below changes four of them.
+// sixteen, keeps the partial rows few. Here the entries of rows with float32
+// weights (bf16 with float32 weights, % of copy, before in brackets): N=1536
+// 82.1 (75.6; `tune-h200-v32-bwd-regacc3-*`), 2048 84.6 (82.5), 4096 83.9
+// (76.4), 5120 80.8 (79.4), 8192 82.0 (78.5), 16384 79.0 (69.2), 32768 76.9
+// (68.2), 65536 73.6 (65.4), 131072 66.5 (59.6); with weights of the rows'
+// dtype the tables below change some of them.
 inline constexpr KernelConfig kBackwardChanges16FastMemory[] = {
     with_smem_weight(with_prefetch({2048, 32, 64, 8, 1, 0, 512, true, kAccSmem})),
-    with_smem_weight(with_prefetch({3072, 192, 16, 1, 1, 0, 1024, true, kAccSmem})),
+    with_smem_weight(with_prefetch({3072, 96, 32, 1, 1, 0, 480})),
     with_prefetch({4096, 128, 32, 2, 1, 0, 512}),
     with_prefetch({8192, 256, 32, 2, 1, 0, 512}),
+    with_smem_weight(with_prefetch({10240, 160, 32, 1, 2, 0, 480})),
     with_smem_weight(with_prefetch({16384, 256, 32, 1, 2, 0, 512})),
     with_smem_weight(with_prefetch({32768, 512, 32, 1, 2, 0, 512})),
     with_smem_weight(with_prefetch({65536, 256, 32, 1, 8, 0, 512})),
     with_smem_weight(with_prefetch({131072, 512, 32, 1, 8, 0, 512})),
+    with_smem_weight(with_prefetch({262144, 512, 32, 1, 16, 0, 512})),
 };
 inline constexpr auto kBackwardConfigs16FastMemory =
     merged_table<kBackwardConfigs16, kBackwardChanges16FastMemory>();
@@ -675,27 +678,37 @@ inline constexpr auto kBackwardConfigs16FastMemory =
 // by the dtypes): 3-3.5 KiB rows (N = 1537-1792) on two-row CTAs of 64 x
 // 64 B loading their next row (v26b: bf16 N=1600 77.2% against 67.1, fp16
 // 72.3 / 67.0-67.6; with float32 weights 59.0 / 67.4, its twin spilling).
-// From 8 KiB rows (tune v32, bf16 / fp16, before in brackets): N=8192 on
-// clusters of two 256 x 32 B CTAs, the weight in registers, 81.1 / 80.3 (78.3
-// / 76.4; smem weight 80.4 / 78.5); N=16384 on clusters of two 512 x 32 B
-// CTAs 78.6 / 77.5 (75.3 / 75.3); N=32768 on clusters of eight 256 x 32 B
-// CTAs, fp16 75.7 (73.4-73.8; bf16 76.9 against 78.1: the bf16 table keeps
-// the H100 entry); N=65536 keeps the H100 entry (bf16 / fp16 76.5 / 72.7-73.0
-// against 72.8 / 69.1 on the float32 weights' mapping). N = 2048 / 4096 take
-// the entries above (bf16 84.5 / 83.7, fp16 83.7 / 82.3; before 82.4 / 82.6
-// and 81.7 / 82.0).
+// With the weight in registers instead (tune v32, bf16 / fp16, before in
+// brackets): N=1536 on 96 x 32 B, fp16 82.0 (75.0-75.6; bf16 78.9 against
+// 80.5 with the weight in shared memory: the bf16 table takes the entry
+// above); N=5120 on clusters of two 160 x 32 B CTAs, fp16 79.1 (71.9; bf16
+// 76.3 against 79.5, as at 1536); N=8192 on clusters of two 256 x 32 B CTAs
+// 81.1 / 80.3 (78.3 / 76.4; smem weight 80.4 / 78.5); N=16384 on clusters of
+// two 512 x 32 B CTAs 78.6 / 77.5 (75.3 / 75.3); N=32768 on clusters of eight
+// 256 x 32 B CTAs, fp16 75.7 (73.4-73.8; bf16 76.9 against 78.1: the bf16
+// table keeps the H100 entry); N=65536 and 131072 keep the H100 entries
+// (76.5 / 72.7-73.0 against 72.8 / 69.1, 70.1 / 68.0 against 66.0 / 66.0 on
+// the mappings of float32 weights). N = 2048 / 4096 take the entries above
+// (bf16 84.5 / 83.7, fp16 83.7 / 82.3; before 82.4 / 82.6 and 81.7 / 82.0).
 inline constexpr KernelConfig kBackwardChanges16SameWeightFastMemory[] = {
+    with_prefetch({3072, 96, 32, 1, 1, 0, 480}),
     with_smem_weight(with_prefetch({3584, 64, 64, 2, 1, 0, 512, true, kAccSmem})),
+    with_prefetch({10240, 160, 32, 1, 2, 0, 480}),
     with_prefetch({16384, 256, 32, 1, 2, 0, 512}),
     with_prefetch({32768, 512, 32, 1, 2, 0, 512}),
     with_prefetch({65536, 256, 32, 1, 8, 0, 512}),
     entry_of(kBackwardConfigs16, 131072),
+    entry_of(kBackwardConfigs16, 262144),
 };
 inline constexpr auto kBackwardConfigs16SameWeightFastMemory =
     merged_table<kBackwardConfigs16FastMemory, kBackwardChanges16SameWeightFastMemory>();
-// bfloat16 rows and weights: 32-64 KiB rows (N = 16385-32768) on the H100
-// entry (tune v32: 78.1% against 76.9 on the fp16 entry above).
+// bfloat16 rows and weights: 2.5-3 KiB and 9-10 KiB rows with the weight in
+// shared memory (the entries of float32 weights above: tune v32 N=1536 80.5,
+// 5120 79.5, against 79.9 and 79.0 before), 32-64 KiB rows (N = 16385-32768)
+// on the H100 entry (78.1% against 76.9 on the fp16 entry above).
 inline constexpr KernelConfig kBackwardChangesBF16FastMemory[] = {
+    entry_of(kBackwardConfigs16FastMemory, 3072),
+    entry_of(kBackwardConfigs16FastMemory, 10240),
     entry_of(kBackwardConfigs16, 65536),
 };
 inline constexpr auto kBackwardConfigsBF16FastMemory =
