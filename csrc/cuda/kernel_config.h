@@ -645,9 +645,9 @@ inline constexpr auto kForwardConfigs32FastMemory =
 // of the same call, bwd-table): N=1024
 // 86.2% of copy (74.9) on 32 x 64 B x 8 rows, weight in shared memory;
 // N=1536 80.4 (73.6) on 192 x 16 B (rows of 3073-3584 bytes stay on 224 x
-// 16 B; since v32 96 x 32 B, below); N=4096 82.3 (77.2) on the H100 entry's mapping. float32: N=768
-// 89.5 (78.6), 1536 89.4 (84.8), 3072 89.5 (83.3), 5120 89.9 (80.2), 6144
-// 90.1 (80.2).
+// 16 B; since v32 96 x 32 B, below); N=4096 82.3 (77.2) on the H100 entry's
+// mapping. float32: N=768 89.5 (78.6), 1536 89.4 (84.8), 3072 89.5 (83.3),
+// 5120 89.9 (80.2), 6144 90.1 (80.2).
 // From 4 KiB rows (tune v32, session 25: `tune-h200-v32-bwd-regacc2-*`, two
 // passes within 0.5 points, against the entries before in the same process):
 // 32-byte threads keeping the dweight/dbias accumulators in registers while
