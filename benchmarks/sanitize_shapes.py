@@ -17,6 +17,14 @@ def rel(a, b):
     return ((a.double() - b).norm() / b.norm().clamp_min(1e-6)).item()
 
 
+def reference(x, w, b, dy, n):
+    """float64 CPU layer_norm of x and its gradients for dy: (y, dx, dweight, dbias)."""
+    xd, wd, bd = (t.detach().double().cpu().requires_grad_(True) for t in (x, w, b))
+    y = torch.nn.functional.layer_norm(xd, [n], wd, bd, 1e-5)
+    y.backward(dy.double().cpu())
+    return y.detach(), xd.grad, wd.grad, bd.grad
+
+
 def check(rows, n, dtype, wdtype, offset=0):
     g = torch.Generator(device="cuda").manual_seed(rows * 7919 + n)
     base = torch.randn(rows * n + offset, device="cuda", dtype=dtype, generator=g)
@@ -29,13 +37,8 @@ def check(rows, n, dtype, wdtype, offset=0):
     ops.layer_norm_bwd_from_output(dy, y, [n], rstd, w, b, [True, True, True])
     ops.layer_norm_bwd(dy, x, [n], mean, rstd, None, None, [True, False, False])
     torch.cuda.synchronize()
-    xd = x.double().cpu().requires_grad_(True)
-    wd = w.double().cpu().requires_grad_(True)
-    bd = b.double().cpu().requires_grad_(True)
-    ref = torch.nn.functional.layer_norm(xd, [n], wd, bd, 1e-5)
-    ref.backward(dy.double().cpu())
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
-    errs = [rel(y.cpu(), ref.detach()), rel(dx.cpu(), xd.grad), rel(dw.cpu(), wd.grad), rel(db.cpu(), bd.grad)]
+    errs = [rel(a.cpu(), e) for a, e in zip((y, dx, dw, db), reference(x, w, b, dy, n))]
     status = "ok" if all(e <= tol for e in errs) else "FAIL"  # NaN fails
     print(f"{status} rows={rows} n={n} {dtype} w={wdtype} offset={offset} errs={['%.1e' % e for e in errs]}", flush=True)
     return status == "ok"
@@ -154,8 +157,9 @@ def check_register_accumulator_entries():
     """The 16-bit backward entries of cards of faster memory whose 32-byte threads keep
     dweight/dbias in registers while loading the next row (session 25): one-row CTAs (3
     KiB rows), two-row CTAs (4-8 KiB), clusters of two (10 and 12-32 KiB), eight (32-128
-    KiB) and sixteen (256 KiB), the weight in registers or shared memory; more rows than one round of CTAs (clusters), an odd
-    number of them; and autocast's float32 output gradient (G = float)."""
+    KiB) and sixteen (256 KiB), the weight in registers or shared memory; more rows than
+    one round of CTAs (clusters), an odd number of them; and autocast's float32 output
+    gradient (G = float)."""
     ok = True
     for rows, n, dtype, wdtype in ((700, 1536, torch.float16, torch.float16),
                                    (701, 1400, torch.bfloat16, torch.float32),
@@ -184,10 +188,7 @@ def check_register_accumulator_entries():
         dy = torch.randn(rows, n, device="cuda", generator=g)
         dx, dw, db = torch.autograd.grad(y, [x, w, b], dy)
         torch.cuda.synchronize()
-        xd, wd, bd = (t.detach().double().cpu().requires_grad_(True) for t in (x, w, b))
-        ref = torch.nn.functional.layer_norm(xd, [n], wd, bd, 1e-5)
-        ref.backward(dy.double().cpu())
-        errs = [rel(dx.cpu(), xd.grad), rel(dw.cpu(), wd.grad), rel(db.cpu(), bd.grad)]
+        errs = [rel(a.cpu(), e) for a, e in zip((dx, dw, db), reference(x, w, b, dy, n)[1:])]
         good = errs[0] <= 1e-2 and errs[1] <= 1e-5 and errs[2] <= 1e-5
         print(f"{'ok' if good else 'FAIL'} autocast rows={rows} n={n} {dtype} errs={['%.1e' % e for e in errs]}",
               flush=True)
