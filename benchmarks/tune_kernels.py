@@ -104,6 +104,20 @@ def table_configs(direction: str, dtype: str, fast_memory: bool = False, w32: bo
     return out
 
 
+def _table_entries(direction: str, name: str):
+    """The entries of table `name` of csrc/cuda/kernel_config.h: an array, or a
+    table merged from two (`merged_table<kBase, kChanges>()`: the changes of a
+    max_row_bytes replace the base's entries of it, as merge_entries)."""
+    text = (REPO / "csrc" / "cuda" / "kernel_config.h").read_text()
+    m = re.search(rf"\b{name}\s*=\s*merged_table<(\w+),\s*(\w+)>\(\)", text)
+    if not m:
+        return _parse_entries(direction, name)
+    new = _table_entries(direction, m.group(2))
+    replaced = {e[0] for e in new}
+    return sorted([e for e in _table_entries(direction, m.group(1)) if e[0] not in replaced] + new,
+                  key=lambda e: e[0])
+
+
 def _parse_entries(direction: str, name: str):
     """The entries of the array `name` of csrc/cuda/kernel_config.h, as
     (max_row_bytes, candidate tuple, shifted mapping or None, exact rows only)
@@ -129,7 +143,7 @@ def _parse_entries(direction: str, name: str):
             line = line[len("for_exact_rows_only("):-1]
         m = re.fullmatch(r"entry_of\((\w+),\s*(\d+)\)", line)
         if m:
-            found = [e for e in _parse_entries(direction, m.group(1)) if e[0] == int(m.group(2))]
+            found = [e for e in _table_entries(direction, m.group(1)) if e[0] == int(m.group(2))]
             assert len(found) == 1, f"{name}: {line}"
             out.append(found[0][:3] + (exact_only,))
             continue
