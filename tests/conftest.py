@@ -208,6 +208,38 @@ def reference(x, normalized_shape, weight, bias, eps, grad_out, need_grads=True)
     return out
 
 
+def reference_from_output(y, normalized_shape, weight, bias, rstd, grad_out):
+    """The float64 CPU reference of the output-based backward (layer_norm_bwd_from_output,
+    the memory-saving mode): the layer_norm backward with x_hat rebuilt from the given
+    output y as (y - bias) / weight, as that method does, in float64. The output's
+    rounding is information the method does not have: on a row of small variance and N
+    == 2 (x_hat == +-1, dx ~ 0) a bfloat16 y alone moves dx by rstd * grad_out * (y's
+    rounding) / weight, more than a 16-bit dtype's bound against the true gradient, which
+    `reference` gives and the input-based backward is held to.
+
+    Returns dict(dx, dw, db) (dw/db None for absent parameters); rstd: `reference`'s."""
+    nd = len(normalized_shape)
+    y64, g64 = (t.detach().to(device="cpu", dtype=torch.float64) for t in (y, grad_out))
+    w64, b64 = (t.detach().to(device="cpu", dtype=torch.float64) if t is not None else None
+                for t in (weight, bias))
+    x_hat = y64 - b64 if b64 is not None else y64
+    if w64 is not None:
+        x_hat = x_hat / w64
+    wg = g64 * w64 if w64 is not None else g64
+    dims = tuple(range(y64.dim() - nd, y64.dim()))
+    lead = tuple(range(y64.dim() - nd))
+    if y64.numel() == 0:
+        dx = torch.zeros_like(y64)
+    else:
+        dx = rstd * (wg - wg.mean(dim=dims, keepdim=True)
+                     - x_hat * (wg * x_hat).mean(dim=dims, keepdim=True))
+    # (sum over no dims would add up everything: one row, nothing to add)
+    add_rows = (lambda t: t.sum(dim=lead)) if lead else (lambda t: t)
+    dw = add_rows(g64 * x_hat) if w64 is not None else None
+    db = add_rows(g64) if b64 is not None else None
+    return dict(dx=dx, dw=dw, db=db)
+
+
 def torch_result(x, normalized_shape, weight, bias, eps, grad_out):
     """torch's own F.layer_norm forward/backward in the arguments' dtypes (the
     baseline for the 'same or better than torch' check). None when torch does not

@@ -604,10 +604,25 @@ constexpr auto merged_table() {
 // against 72.2 / 73.8 on the H100 entry's one-pass 384 x 64 B, bf16 with
 // float32 weights 77.2 / 70.8, bf16 N=8200 / 10000 67.4 / 73.9 against
 // 54.9 / 61.7; float32 N=6144 84.8 on 2 x 192 x 64 B against 79.6).
+// 16-bit N = 2049-3072 on the H100 entry's one-pass 128 x 48 B at 1024
+// threads per SM instead of 512 (64 registers, no spill), and N = 4097-6144
+// on the H100 entries' kernels for any N also where a row fills the mapping
+// (tune v33, `tune-h200-v33-fwd*`, two passes; the entries before in the
+// same process in brackets): bf16 / fp16 / bf16 with float32 weights N=3072
+// 87.7 / 87.9 / 84.9 (86.3 / 86.1 / 79.7), 2944 87.2 / 87.6 / 83.2 (79.0 /
+// 79.4 / 78.4); N=5120 87.5 / 88.8 / 84.3 (78.0 / 79.9 / 82.1), 6144 87.0 /
+// 88.7 / 83.2 (77.6 / 79.3 / 80.3). The exact kernels of 160 / 192 x 64 B
+// spill 24 bytes at their 64 registers where the branch-free kernels for
+// any N do not; at one CTA per SM more (800 / 768 threads, no spill) they
+// measured 77.0 / 74.9 (bf16), so the spill is not all of it. Mappings
+// loading their next row ahead came second (bf16 5120 85.0, 6144 84.1).
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
     params_from_cache({1024, 16, 64, 8, 1, 0, 1024, kGrid}),
+    params_from_cache({6144, 128, 48, 1, 1, 0, 1024, kGrid}),
+    without_exact_rows(entry_of(kForwardConfigs16, 10240)),
+    without_exact_rows(entry_of(kForwardConfigs16, 12288)),
     with_prefetch({24576, 96, 64, 1, 4, 0, 512}),
 };
 inline constexpr auto kForwardConfigs16FastMemory =
@@ -629,12 +644,17 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // 89.9 against 79.0, 1000 87.5 / 85.3, 1536 / 1600 89.3 / 88.9 against 82.8
 // / 82.4); N=1024 and 2048 keep the H100 entries' exact kernels, which the
 // new mappings did not match there (v26b: 86.9 / 87.4 against 90.2 / 89.5).
+// N = 4097-5120 on clusters of four 160 x 32 B CTAs loading their next row
+// ahead (tune v33, against the H100 entry's one-pass 320 x 64 B in the same
+// process): N=5120 86.3 (84.7), 5000 84.8 (81.5), 4500 83.0 (76.7), 4200
+// 81.9 (75.4).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     {1024, 16, 64, 16, 1, 0, 512, kGrid},
     for_exact_rows_only(entry_of(kForwardConfigs32, 4096)),
     without_exact_rows(params_from_cache({4096, 64, 64, 2, 1, 0, 1024, kGrid})),
     for_exact_rows_only(entry_of(kForwardConfigs32, 8192)),
     without_exact_rows(params_from_cache({8192, 128, 64, 1, 1, 0, 1024, kGrid})),
+    with_prefetch({20480, 160, 32, 1, 4, 0, 1024}),
     with_prefetch({24576, 192, 64, 1, 2, 0, 512}),
     params_from_cache({32768, 512, 64, 1, 1, 0, 1024, kGrid}),
 };
