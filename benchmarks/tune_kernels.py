@@ -77,31 +77,25 @@ def table_configs(direction: str, dtype: str, fast_memory: bool = False, w32: bo
                   shifted: bool = False):
     """The entries of a kernel table of csrc/cuda/kernel_config.h, as
     (max_row_bytes, candidate tuple) pairs in table order (--table); with
-    fast_memory, the table of cards of faster memory (the H100's with the
-    entries of its changes lists merged in by max_row_bytes, as merge_entries;
-    for the 16-bit backward those of the dtype pair too, as launch.cuh's
-    backward_configs16_fast_memory: w32 = float32 weights; for shifted rows
-    the shifted-row changes, as launch.cuh's dispatch of shifted rows)."""
+    fast_memory, the merged table of cards of faster memory that launch.cuh
+    picks for the rows (shifted or not) and the dtype pair (w32 = float32
+    weights), read through its merged_table<> chain (_table_entries)."""
     prefix = "kForward" if direction == "fwd" else "kBackward"
     width = "32" if DTYPES[dtype][1] == 4 else "16"
-    out = _parse_entries(direction, f"{prefix}Configs{width}")
-    if fast_memory:
-        changes = [f"{prefix}Changes{width}FastMemory"]
-        if shifted:
-            changes = [f"{prefix}ShiftedChanges{width}FastMemory"]
-            if direction == "fwd" and width == "16" and not w32:
-                changes.append("kForwardShiftedChanges16SameWeightFastMemory")
-        elif width == "16" and not w32:
-            changes.append(f"{prefix}Changes16SameWeightFastMemory")
-            if direction == "bwd" and dtype == "bf16":
-                changes.append("kBackwardChangesBF16FastMemory")
-        for name in changes:
-            # The changes of a max_row_bytes replace the entries of it (an
-            # exact-rows-only entry and the one after it together).
-            new = _parse_entries(direction, name)
-            replaced = {e[0] for e in new}
-            out = sorted([e for e in out if e[0] not in replaced] + new, key=lambda e: e[0])
-    return out
+    if not fast_memory:
+        return _table_entries(direction, f"{prefix}Configs{width}")
+    same_weight = width == "16" and not w32
+    if shifted:
+        name = f"{prefix}ShiftedConfigs{width}FastMemory"
+        if direction == "fwd" and same_weight:
+            name = "kForwardShiftedConfigs16SameWeightFastMemory"
+    elif direction == "bwd" and same_weight and dtype == "bf16":
+        name = "kBackwardConfigsBF16FastMemory"
+    elif same_weight:
+        name = f"{prefix}Configs16SameWeightFastMemory"
+    else:
+        name = f"{prefix}Configs{width}FastMemory"
+    return _table_entries(direction, name)
 
 
 def _table_entries(direction: str, name: str):
