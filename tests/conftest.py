@@ -135,7 +135,8 @@ def poison_uninitialized():
 def rel_err(actual: Optional[torch.Tensor], expected: Optional[torch.Tensor],
             scale: Optional[torch.Tensor] = None) -> float:
     """Relative L2 error ||actual - expected|| / ||expected||, computed in float64 on
-    the CPU. The denominator is floored at 1e-2 * sqrt(numel) (an RMS of 0.01, far
+    ``expected``'s device (a CUDA reference keeps the large shapes' norms off the CPU).
+    The denominator is floored at 1e-2 * sqrt(numel) (an RMS of 0.01, far
     below the O(0.1-10) magnitudes of the tests' values), so a reference that is zero
     up to float64 rounding (dx and dweight for N == 1, where x_hat == 0) is judged by
     its absolute error instead of a meaningless ratio of rounding noise.
@@ -148,68 +149,84 @@ def rel_err(actual: Optional[torch.Tensor], expected: Optional[torch.Tensor],
     noise of the size of the terms that cancel."""
     assert actual is not None and expected is not None
     assert tuple(actual.shape) == tuple(expected.shape), (actual.shape, expected.shape)
-    a = actual.detach().to(device="cpu", dtype=torch.float64)
-    b = expected.detach().to(device="cpu", dtype=torch.float64)
+    b = expected.detach().to(dtype=torch.float64)
+    a = actual.detach().to(device=b.device, dtype=torch.float64)
     if a.numel() == 0:
         return 0.0
     assert torch.isfinite(a).all(), "result has non-finite values (unwritten or overflowed elements?)"
     den = max(torch.linalg.vector_norm(b).item(), 1e-2 * a.numel() ** 0.5)
     if scale is not None:
-        den = max(den, torch.linalg.vector_norm(scale.detach().double().cpu()).item())
+        den = max(den, torch.linalg.vector_norm(scale.detach().double()).item())
     num = torch.linalg.vector_norm(a - b).item()
     return num / den
 
 
 def ref_stats(x64: torch.Tensor, ndim: int, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 mean and rstd over the trailing ``ndim`` dims, with keepdim shape."""
+    """float64 mean and rstd over the trailing ``ndim`` dims, with keepdim shape
+    (two passes: the mean, then the mean square of x - mean)."""
     dims = tuple(range(x64.dim() - ndim, x64.dim()))
     mean = x64.mean(dim=dims, keepdim=True)
     var = ((x64 - mean) ** 2).mean(dim=dims, keepdim=True)
     return mean, torch.rsqrt(var + eps)
 
 
-def reference(x, normalized_shape, weight, bias, eps, grad_out, need_grads=True):
-    """The float64 CPU reference: F.layer_norm and autograd, all in float64, on the
-    very values of the (possibly lower-precision, possibly CUDA) arguments.
+def _to64(t: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().to(device=device, dtype=torch.float64)
 
-    Returns dict(y, mean, rstd, dx, dw, db) (dw/db None for absent parameters)."""
-    def to64(t):
-        if t is None:
-            return None
-        return t.detach().to(device="cpu", dtype=torch.float64).requires_grad_(need_grads)
 
-    x64, w64, b64 = to64(x), to64(weight), to64(bias)
-    y64 = F.layer_norm(x64, list(normalized_shape), w64, b64, eps)
-    mean, rstd = ref_stats(x64.detach(), len(normalized_shape), eps)
-    out = dict(y=y64.detach(), mean=mean, rstd=rstd, dx=None, dw=None, db=None,
+def _backward64(x_hat, rstd, w64, g64, nd):
+    """The layer_norm backward in float64 from x_hat = (x - mean) * rstd:
+    dx = rstd * (wg - mean(wg) - x_hat * mean(wg * x_hat)) with wg = grad_out * weight
+    (means over the normalized dims), dweight = sum over rows of grad_out * x_hat,
+    dbias = sum over rows of grad_out. Returns (dx, dw, db), dw None without a weight."""
+    dims = tuple(range(x_hat.dim() - nd, x_hat.dim()))
+    lead = tuple(range(x_hat.dim() - nd))
+    wg = g64 * w64 if w64 is not None else g64
+    if x_hat.numel() == 0:
+        dx = torch.zeros_like(x_hat)
+    else:
+        dx = rstd * (wg - wg.mean(dim=dims, keepdim=True)
+                     - x_hat * (wg * x_hat).mean(dim=dims, keepdim=True))
+    # (sum over no dims would add up everything: one row, nothing to add)
+    add_rows = (lambda t: t.sum(dim=lead)) if lead else (lambda t: t)
+    dw = add_rows(g64 * x_hat) if w64 is not None else None
+    return dx, dw, add_rows(g64)
+
+
+def reference(x, normalized_shape, weight, bias, eps, grad_out):
+    """The float64 reference: layer_norm's forward and backward written out in float64
+    (two-pass statistics, then the closed-form gradients of ``_backward64``) on the very
+    values of the (possibly lower-precision) arguments, on their device: on a GPU the
+    tests' large shapes cost milliseconds instead of seconds of CPU time.
+
+    Returns dict(y, mean, rstd, dx, dw, db, dx_scale, dw_scale) (dw/db None for absent
+    parameters, the gradients None without grad_out)."""
+    dev = x.device
+    nd = len(normalized_shape)
+    x64, w64, b64 = _to64(x, dev), _to64(weight, dev), _to64(bias, dev)
+    mean, rstd = ref_stats(x64, nd, eps)
+    x_hat = (x64 - mean) * rstd
+    y64 = x_hat * w64 if w64 is not None else x_hat
+    if b64 is not None:
+        y64 = y64 + b64
+    out = dict(y=y64, mean=mean, rstd=rstd, dx=None, dw=None, db=None,
                dx_scale=None, dw_scale=None)
     if grad_out is not None:
+        g64 = _to64(grad_out, dev)
+        dx, dw, db = _backward64(x_hat, rstd, w64, g64, nd)
+        out.update(dx=dx, dw=dw, db=db if b64 is not None else None)
         # Floors for rel_err where the exact gradient cancels to ~0 (N == 1 or 2): half
         # the size of the leading term of dx (rstd * weight * grad_out; for N >= 3 the
         # exact dx is larger than that), and a tenth of the root-sum-square of grad_out
         # over the rows for dweight (the size of sum_r grad_out * x_hat for |x_hat| ~ 1).
-        g64 = grad_out.detach().to(device="cpu", dtype=torch.float64)
-        nd = len(normalized_shape)
-        out["dx_scale"] = 0.5 * (rstd * g64 * (w64.detach() if w64 is not None else 1.0)).abs()
+        out["dx_scale"] = 0.5 * (rstd * g64 * (w64 if w64 is not None else 1.0)).abs()
         lead = tuple(range(g64.dim() - nd))
         out["dw_scale"] = 0.1 * g64.square().sum(dim=lead).sqrt() if lead else 0.1 * g64.abs()
-    if need_grads and grad_out is not None and x.numel() > 0:
-        g64 = grad_out.detach().to(device="cpu", dtype=torch.float64)
-        inputs = [t for t in (x64, w64, b64) if t is not None]
-        grads = torch.autograd.grad(y64, inputs, g64, allow_unused=True)
-        it = iter(grads)
-        out["dx"] = next(it)
-        out["dw"] = next(it) if w64 is not None else None
-        out["db"] = next(it) if b64 is not None else None
-    elif need_grads and grad_out is not None:
-        out["dx"] = torch.zeros_like(x64.detach())
-        out["dw"] = torch.zeros_like(w64.detach()) if w64 is not None else None
-        out["db"] = torch.zeros_like(b64.detach()) if b64 is not None else None
     return out
 
 
 def reference_from_output(y, normalized_shape, weight, bias, rstd, grad_out):
-    """The float64 CPU reference of the output-based backward (layer_norm_bwd_from_output,
+    """The float64 reference of the output-based backward (layer_norm_bwd_from_output,
     the memory-saving mode): the layer_norm backward with x_hat rebuilt from the given
     output y as (y - bias) / weight, as that method does, in float64. The output's
     rounding is information the method does not have: on a row of small variance and N
@@ -218,26 +235,14 @@ def reference_from_output(y, normalized_shape, weight, bias, rstd, grad_out):
     `reference` gives and the input-based backward is held to.
 
     Returns dict(dx, dw, db) (dw/db None for absent parameters); rstd: `reference`'s."""
-    nd = len(normalized_shape)
-    y64, g64 = (t.detach().to(device="cpu", dtype=torch.float64) for t in (y, grad_out))
-    w64, b64 = (t.detach().to(device="cpu", dtype=torch.float64) if t is not None else None
-                for t in (weight, bias))
+    dev = rstd.device
+    y64, g64 = _to64(y, dev), _to64(grad_out, dev)
+    w64, b64 = _to64(weight, dev), _to64(bias, dev)
     x_hat = y64 - b64 if b64 is not None else y64
     if w64 is not None:
         x_hat = x_hat / w64
-    wg = g64 * w64 if w64 is not None else g64
-    dims = tuple(range(y64.dim() - nd, y64.dim()))
-    lead = tuple(range(y64.dim() - nd))
-    if y64.numel() == 0:
-        dx = torch.zeros_like(y64)
-    else:
-        dx = rstd * (wg - wg.mean(dim=dims, keepdim=True)
-                     - x_hat * (wg * x_hat).mean(dim=dims, keepdim=True))
-    # (sum over no dims would add up everything: one row, nothing to add)
-    add_rows = (lambda t: t.sum(dim=lead)) if lead else (lambda t: t)
-    dw = add_rows(g64 * x_hat) if w64 is not None else None
-    db = add_rows(g64) if b64 is not None else None
-    return dict(dx=dx, dw=dw, db=db)
+    dx, dw, db = _backward64(x_hat, rstd, w64, g64, len(normalized_shape))
+    return dict(dx=dx, dw=dw, db=db if b64 is not None else None)
 
 
 def torch_result(x, normalized_shape, weight, bias, eps, grad_out):

@@ -2,7 +2,7 @@
 (vector vs scalar paths), mixed parameter dtypes, large rows, many rows,
 determinism, streams, CUDA graphs and tensors of more than 2^31 elements.
 
-Every result is compared with the float64 CPU reference (F.layer_norm and autograd
+Every result is compared with the float64 reference (layer_norm and its gradients
 in float64), as in test_ops.py. All tests carry the `cuda` marker: they are skipped
 without a GPU.
 """
@@ -560,7 +560,7 @@ def test_noncontiguous_cuda_inputs(dtype):
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_more_than_2_pow_31_elements(memory_efficient):
     """rows = 2^16 + 1, N = 2^15 bfloat16: 2^31 + 2^15 elements (~4.3 GB a tensor).
-    Rows on both sides of element 2^31 are checked against the float64 CPU reference
+    Rows on both sides of element 2^31 are checked against the float64 reference
     on those rows; dweight/dbias (sums over all rows) against float64 computed on the
     GPU in chunks."""
     rows, n = 2**16 + 1, 2**15
@@ -584,7 +584,7 @@ def test_more_than_2_pow_31_elements(memory_efficient):
     dx, dw, db = xl.grad, wl.grad, bl.grad
     torch.cuda.synchronize()
 
-    # Rows around element 2^31 (row 2^16) and at both ends, against the CPU reference.
+    # Rows around element 2^31 (row 2^16) and at both ends, against the float64 reference.
     check_rows = [0, 1, 2**15, 2**16 - 1, 2**16]
     idx = torch.tensor(check_rows, device="cuda")
     ref = reference(x.detach()[idx], [n], w, b, EPS, g[idx])
