@@ -135,17 +135,20 @@ def _parse_entries(direction: str, name: str):
         exact_only = line.startswith("for_exact_rows_only(")
         if exact_only:
             line = line[len("for_exact_rows_only("):-1]
-        m = re.fullmatch(r"entry_of\((\w+),\s*(\d+)\)", line)
-        if m:
-            found = [e for e in _table_entries(direction, m.group(1)) if e[0] == int(m.group(2))]
-            assert len(found) == 1, f"{name}: {line}"
-            out.append(found[0][:3] + (exact_only,))
-            continue
         # without_exact_rows(entry): the generic kernel also for exact rows
         # (the forward's flag bit 5).
         generic_only = line.startswith("without_exact_rows(")
         if generic_only:
             line = line[len("without_exact_rows("):-1]
+        m = re.fullmatch(r"entry_of\((\w+),\s*(\d+)\)", line)
+        if m:
+            found = [e for e in _table_entries(direction, m.group(1)) if e[0] == int(m.group(2))]
+            assert len(found) == 1, f"{name}: {line}"
+            mx, cfg, shifted_map = found[0][:3]
+            if generic_only:
+                cfg = cfg[:6] + (cfg[6] | 32,)
+            out.append((mx, cfg, shifted_map, exact_only))
+            continue
         # with_shifted_mapping(entry, tpr, bytes, cluster, stages, min_threads)
         # / with_staged_shifted_rows(entry): the mapping of the entry's shifted
         # rows (backward).
@@ -188,6 +191,8 @@ def _parse_entries(direction: str, name: str):
             if staged_shifted:
                 shifted_map = (tpr, bpt, cluster, 1, min_threads)
             out.append((mx, cfg, shifted_map, exact_only))
+            continue
+        raise ValueError(f"{name}: entry not understood: {line}")
     assert out, f"no entries parsed from {name}"
     return out
 
