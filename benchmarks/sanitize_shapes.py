@@ -3,7 +3,7 @@ enough for compute-sanitizer (memcheck, racecheck, synccheck): every kernel
 variant family (lane groups, whole-CTA rows, clusters, unaligned scalar rows,
 fallback, float64) is touched, and results are checked against float64.
 `--register-accumulators` runs only the backward entries of session 25 and
-`--fast-memory-forward` the forward entries of session 26 (below)."""
+`--fast-memory-forward` the forward entries of sessions 26-27 (below)."""
 import sys
 
 import torch
@@ -199,11 +199,13 @@ def check_register_accumulator_entries():
 
 
 def check_forward_fast_memory_entries():
-    """The forward entries of cards of faster memory of session 26: 16-bit N = 2049-3072
+    """The forward entries of cards of faster memory of sessions 26-27: 16-bit N = 2049-3072
     one-pass at 1024 threads per SM, 16-bit N = 4097-6144 on the kernels for any N also
     where a row fills the mapping (branch-free: chunks past the row end loaded as zeros
     and not stored), float32 N = 4097-5120 on clusters of four loading their next row
-    ahead (more rows than resident clusters)."""
+    ahead (more rows than resident clusters); 16-bit N = 131073-262144 and float32
+    16385-65536 on clusters of 128-byte threads, 16-bit N = 768 / 8192 on the kernels
+    for any N."""
     ok = True
     for rows, n, dtype, wdtype in ((300, 2056, torch.bfloat16, torch.bfloat16),
                                    (301, 2944, torch.float16, torch.float32),
@@ -214,7 +216,17 @@ def check_forward_fast_memory_entries():
                                    (301, 6144, torch.float16, torch.float16),
                                    (600, 4100, torch.float32, torch.float32),
                                    (601, 5000, torch.float32, torch.float32),
-                                   (600, 5120, torch.float32, torch.float32)):
+                                   (600, 5120, torch.float32, torch.float32),
+                                   # session 27: 16-bit rows of 256-512 KiB and float32
+                                   # rows of 64-256 KiB on clusters of 128-byte threads
+                                   # (more rows than resident clusters), the kernels for
+                                   # any N at exact 16-bit N = 768 / 8192
+                                   (40, 262144, torch.bfloat16, torch.bfloat16),
+                                   (17, 200000, torch.float16, torch.float32),
+                                   (40, 32768, torch.float32, torch.float32),
+                                   (37, 65536, torch.float32, torch.float32),
+                                   (301, 768, torch.float16, torch.float16),
+                                   (131, 8192, torch.bfloat16, torch.bfloat16)):
         ok &= check(rows, n, dtype, wdtype)
     return ok
 

@@ -205,7 +205,8 @@ def test_forward_entries_of_fast_memory(dtype, wdtype, rows_of):
     513-1023 and 1025-2047 on new mappings, N = 1024 and 2048 on the exact kernels beside
     them (short rows); 16-bit N = 8193-12288 and float32 4097-6144 on clusters loading
     their next row ahead, 16-bit N = 2049-3072 at 1024 threads per SM and N = 4097-6144
-    on the kernels for any N also for rows that fill them (long rows). Sizes at and inside
+    on the kernels for any N also for rows that fill them, 16-bit N = 131073-262144 and
+    float32 N = 16385-65536 on clusters of 128-byte threads (long rows). Sizes at and inside
     each range, row counts around the 32-row CTAs, the persistent grids and the resident
     clusters (on any card: elsewhere the H100's entries run them)."""
     if rows_of == "short":
@@ -213,8 +214,10 @@ def test_forward_entries_of_fast_memory(dtype, wdtype, rows_of):
               else [40, 56, 64, 1544, 1600, 1792, 2040, 2048])
         row_counts = [1, 31, 33, 263, 4097]
     else:
-        ns = ([4100, 4500, 5000, 5120, 5124, 6000, 6144] if dtype == torch.float32
-              else [2056, 2944, 3072, 4104, 5000, 5120, 5128, 6144, 8200, 10000, 12288])
+        ns = ([4100, 4500, 5000, 5120, 5124, 6000, 6144, 20000, 32768, 50000, 65536]
+              if dtype == torch.float32
+              else [2056, 2944, 3072, 4104, 5000, 5120, 5128, 6144, 8200, 10000, 12288, 200000,
+                    262144])
         row_counts = [1, 3, 301]
     for n in ns:
         for rows in row_counts:

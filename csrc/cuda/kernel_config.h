@@ -616,6 +616,14 @@ constexpr auto merged_table() {
 // any N do not; at one CTA per SM more (800 / 768 threads, no spill) they
 // measured 77.0 / 74.9 (bf16), so the spill is not all of it. Mappings
 // loading their next row ahead came second (bf16 5120 85.0, 6144 84.1).
+// 512 KiB rows (N = 262144): 128-byte threads, one 256-thread CTA per SM,
+// on clusters of 16 (tune v34, `tune-h200-v34-long-*`, the H100 entry's 512
+// x 64 B x 16 in the same process in brackets): bf16 65.9 (63.1), fp16 67.5
+// (63.7), bf16 with float32 weights 56.6 (52.9). On the H200 only 7 clusters
+// of 16 are resident (112 of 132 SMs; of 8: 15, of 4: 30, at one CTA per SM,
+// `cluster-residency-probe-h200-v34.txt`), and no mapping of the sweep
+// (clusters of 4-16, 32-128-byte threads, rows in shared memory) beat the
+// 24-256 KiB entries by more than a point.
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
@@ -624,6 +632,7 @@ inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     without_exact_rows(entry_of(kForwardConfigs16, 10240)),
     without_exact_rows(entry_of(kForwardConfigs16, 12288)),
     with_prefetch({24576, 96, 64, 1, 4, 0, 512}),
+    with_prefetch({524288, 256, 128, 1, 16, 0, 256}),
 };
 inline constexpr auto kForwardConfigs16FastMemory =
     merged_table<kForwardConfigs16, kForwardChanges16FastMemory>();
@@ -632,9 +641,15 @@ inline constexpr auto kForwardConfigs16FastMemory =
 // 64 x 64 B threads, two rows per CTA, weight/bias gathered once per CTA
 // (tune v28, bf16 N=1600: 79.6% of copy; the benchmark 69.6 on the H100
 // entry's one-pass grid); N=2048 keeps that entry's exact kernel (89.6).
+// N = 768 and 8192 on the kernels for any N of their entries rather than the
+// exact ones (tune v33 / v34, two passes, `tune-h200-v34-exact16`: bf16 768
+// 86.2 against 85.6, 8192 87.3 / 85.9; fp16 87.1 / 86.7, 88.9 / 87.8; with
+// float32 weights the exact kernels stay ahead: 84.0 / 83.0, 83.5 / 81.1).
 inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
+    without_exact_rows(entry_of(kForwardConfigs16FastMemory, 1536)),
     for_exact_rows_only(entry_of(kForwardConfigs16, 4096)),
     without_exact_rows({4096, 64, 64, 2, 1, 0, 1024}),
+    without_exact_rows(entry_of(kForwardConfigs16FastMemory, 16384)),
 };
 inline constexpr auto kForwardConfigs16SameWeightFastMemory =
     merged_table<kForwardConfigs16FastMemory, kForwardChanges16SameWeightFastMemory>();
@@ -647,7 +662,10 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // N = 4097-5120 on clusters of four 160 x 32 B CTAs loading their next row
 // ahead (tune v33, against the H100 entry's one-pass 320 x 64 B in the same
 // process): N=5120 86.3 (84.7), 5000 84.8 (81.5), 4500 83.0 (76.7), 4200
-// 81.9 (75.4).
+// 81.9 (75.4). 128 and 256 KiB rows (N = 32768 / 65536): 128-byte threads,
+// one 128-thread CTA per SM, on clusters of 8 / 16 (tune v34,
+// `tune-h200-v34-long-fp32`, against the H100 entries' 256 / 512 x 64 B x 8
+// in the same process): 85.5 (81.5), 81.3 (77.7).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     {1024, 16, 64, 16, 1, 0, 512, kGrid},
     for_exact_rows_only(entry_of(kForwardConfigs32, 4096)),
@@ -657,6 +675,8 @@ inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     with_prefetch({20480, 160, 32, 1, 4, 0, 1024}),
     with_prefetch({24576, 192, 64, 1, 2, 0, 512}),
     params_from_cache({32768, 512, 64, 1, 1, 0, 1024, kGrid}),
+    with_prefetch({131072, 128, 128, 1, 8, 0, 256}),
+    with_prefetch({262144, 128, 128, 1, 16, 0, 256}),
 };
 inline constexpr auto kForwardConfigs32FastMemory =
     merged_table<kForwardConfigs32, kForwardChanges32FastMemory>();
