@@ -223,7 +223,7 @@ def check_forward_fast_memory_entries():
                                    # any N at exact 16-bit N = 768 / 8192
                                    (40, 262144, torch.bfloat16, torch.bfloat16),
                                    (17, 200000, torch.float16, torch.float32),
-                                   (40, 32768, torch.float32, torch.float32),
+                                   (130, 32768, torch.float32, torch.float32),
                                    (37, 65536, torch.float32, torch.float32),
                                    (301, 768, torch.float16, torch.float16),
                                    (131, 8192, torch.bfloat16, torch.bfloat16)):

@@ -662,8 +662,8 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // N = 4097-5120 on clusters of four 160 x 32 B CTAs loading their next row
 // ahead (tune v33, against the H100 entry's one-pass 320 x 64 B in the same
 // process): N=5120 86.3 (84.7), 5000 84.8 (81.5), 4500 83.0 (76.7), 4200
-// 81.9 (75.4). 128 and 256 KiB rows (N = 32768 / 65536): 128-byte threads,
-// one 128-thread CTA per SM, on clusters of 8 / 16 (tune v34,
+// 81.9 (75.4). 128 and 256 KiB rows (N = 32768 / 65536): 128-byte threads
+// in CTAs of 128 (123 / 155 registers), on clusters of 8 / 16 (tune v34,
 // `tune-h200-v34-long-fp32`, against the H100 entries' 256 / 512 x 64 B x 8
 // in the same process): 85.5 (81.5), 81.3 (77.7).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
