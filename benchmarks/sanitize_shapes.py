@@ -205,7 +205,7 @@ def check_forward_fast_memory_entries():
     and not stored), float32 N = 4097-5120 on clusters of four loading their next row
     ahead (more rows than resident clusters); 16-bit N = 131073-262144 and float32
     16385-65536 on clusters of 128-byte threads, 16-bit N = 768 / 8192 on the kernels
-    for any N."""
+    for any N, 16-bit N = 129-256 on CTAs of 8 rows."""
     ok = True
     for rows, n, dtype, wdtype in ((300, 2056, torch.bfloat16, torch.bfloat16),
                                    (301, 2944, torch.float16, torch.float32),
@@ -226,7 +226,10 @@ def check_forward_fast_memory_entries():
                                    (130, 32768, torch.float32, torch.float32),
                                    (37, 65536, torch.float32, torch.float32),
                                    (301, 768, torch.float16, torch.float16),
-                                   (131, 8192, torch.bfloat16, torch.bfloat16)):
+                                   (131, 8192, torch.bfloat16, torch.bfloat16),
+                                   # 16-bit N = 129-256 on CTAs of 8 rows
+                                   (1001, 200, torch.bfloat16, torch.float32),
+                                   (999, 256, torch.float16, torch.float16)):
         ok &= check(rows, n, dtype, wdtype)
     return ok
 

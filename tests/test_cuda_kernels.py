@@ -200,18 +200,19 @@ def test_autocast_backward_float32_grad(x_dtype, n):
                          ids=str)
 def test_forward_entries_of_fast_memory(dtype, wdtype, rows_of):
     """The forward entries of cards of faster memory (kernel_config.h): 16-bit N = 33-64 on
-    one-pass CTAs of 32 rows; 16-bit rows with weights of their dtype at N = 1537-2047 on a
-    persistent grid, N = 2048 on the exact kernel of the entry beside it; float32 N =
-    513-1023 and 1025-2047 on new mappings, N = 1024 and 2048 on the exact kernels beside
-    them (short rows); 16-bit N = 8193-12288 and float32 4097-6144 on clusters loading
-    their next row ahead, 16-bit N = 2049-3072 at 1024 threads per SM and N = 4097-6144
-    on the kernels for any N also for rows that fill them, 16-bit N = 131073-262144 and
-    float32 N = 16385-65536 on clusters of 128-byte threads (long rows). Sizes at and inside
-    each range, row counts around the 32-row CTAs, the persistent grids and the resident
+    one-pass CTAs of 32 rows, N = 129-256 on CTAs of 8 rows at 1024 threads per SM;
+    16-bit rows with weights of their dtype at N = 1537-2047 on a persistent grid, N =
+    2048 on the exact kernel of the entry beside it; float32 N = 513-1023 and 1025-2047
+    on new mappings, N = 1024 and 2048 on the exact kernels beside them (short rows);
+    16-bit N = 8193-12288 and float32 4097-6144 on clusters loading their next row
+    ahead, 16-bit N = 2049-3072 at 1024 threads per SM and N = 4097-6144 on the kernels
+    for any N also for rows that fill them, 16-bit N = 131073-262144 and float32 N =
+    16385-65536 on clusters of 128-byte threads (long rows). Sizes at and inside each
+    range, row counts around the 32-row CTAs, the persistent grids and the resident
     clusters (on any card: elsewhere the H100's entries run them)."""
     if rows_of == "short":
         ns = ([516, 768, 1000, 1020, 1024, 1028, 1536, 1600, 2044, 2048] if dtype == torch.float32
-              else [40, 56, 64, 1544, 1600, 1792, 2040, 2048])
+              else [40, 56, 64, 160, 200, 256, 1544, 1600, 1792, 2040, 2048])
         row_counts = [1, 31, 33, 263, 4097]
     else:
         ns = ([4100, 4500, 5000, 5120, 5124, 6000, 6144, 20000, 32768, 50000, 65536]

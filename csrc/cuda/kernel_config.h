@@ -616,6 +616,12 @@ constexpr auto merged_table() {
 // any N do not; at one CTA per SM more (800 / 768 threads, no spill) they
 // measured 77.0 / 74.9 (bf16), so the spill is not all of it. Mappings
 // loading their next row ahead came second (bf16 5120 85.0, 6144 84.1).
+// 16-bit N = 129-256: the H100 entry's 8 x 64 B threads at 1024 threads per
+// SM (64 registers) in CTAs of 8 rows, instead of 512 per SM in CTAs of 16
+// (tune v34e, `tune-h200-v34e-*`, the entry in the same process in
+// brackets): bf16 with float32 weights N=160 / 200 / 256 79.4 / 81.3 / 85.4
+// (64.8 / 68.7 / 76.6), two passes; bf16 75.2 / 81.4 / 87.5 (60.8 / 66.3 /
+// 83.9).
 // 512 KiB rows (N = 262144): 128-byte threads, one 256-thread CTA per SM,
 // on clusters of 16 (tune v34, `tune-h200-v34-long-*`, the H100 entry's 512
 // x 64 B x 16 in the same process in brackets): bf16 65.9 (63.1), fp16 67.5
@@ -627,6 +633,7 @@ constexpr auto merged_table() {
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
+    params_from_cache({512, 8, 64, 8, 1, 0, 1024, kGrid}),
     params_from_cache({1024, 16, 64, 8, 1, 0, 1024, kGrid}),
     params_from_cache({6144, 128, 48, 1, 1, 0, 1024, kGrid}),
     without_exact_rows(entry_of(kForwardConfigs16, 10240)),
