@@ -45,6 +45,13 @@ def check(rows, n, dtype, wdtype, offset=0):
     return status == "ok"
 
 
+def check_shapes(shapes):
+    """check() over (rows, n, dtype, wdtype) tuples, every one of them run: True if all
+    pass."""
+    results = [check(rows, n, dtype, wdtype) for rows, n, dtype, wdtype in shapes]
+    return all(results)
+
+
 def main():
     ok = True
     for n in (1, 7, 64, 127, 768, 1000, 1024, 1536, 2048, 3072, 4096, 4099, 5120, 6144, 6147,
@@ -119,16 +126,15 @@ def main():
     # stored), and the 24 KiB forward entries of cards of faster memory
     # (16-bit N = 8193-12288, float32 5121-6144: clusters loading their next
     # row ahead; more rows than resident clusters).
-    for rows, n, dtype, wdtype in ((45, 1000, torch.bfloat16, torch.bfloat16),
-                                   (45, 1600, torch.float16, torch.float16),
-                                   (45, 2560, torch.float16, torch.float32),
-                                   (45, 5000, torch.bfloat16, torch.bfloat16),
-                                   (300, 8200, torch.bfloat16, torch.bfloat16),
-                                   (300, 10000, torch.bfloat16, torch.float32),
-                                   (300, 12288, torch.float16, torch.float16),
-                                   (300, 5124, torch.float32, torch.float32),
-                                   (300, 6144, torch.float32, torch.float32)):
-        ok &= check(rows, n, dtype, wdtype)
+    ok &= check_shapes(((45, 1000, torch.bfloat16, torch.bfloat16),
+                        (45, 1600, torch.float16, torch.float16),
+                        (45, 2560, torch.float16, torch.float32),
+                        (45, 5000, torch.bfloat16, torch.bfloat16),
+                        (300, 8200, torch.bfloat16, torch.bfloat16),
+                        (300, 10000, torch.bfloat16, torch.float32),
+                        (300, 12288, torch.float16, torch.float16),
+                        (300, 5124, torch.float32, torch.float32),
+                        (300, 6144, torch.float32, torch.float32)))
     # The shifted-row entries of cards of faster memory (kernel_config.h
     # k*ShiftedChanges*FastMemory): persistent grids staging a row or loading
     # the next one ahead, more rows than one round of CTAs.
@@ -162,24 +168,22 @@ def check_register_accumulator_entries():
     KiB) and sixteen (256 KiB), the weight in registers or shared memory; more rows than
     one round of CTAs (clusters), an odd number of them; and autocast's float32 output
     gradient (G = float)."""
-    ok = True
-    for rows, n, dtype, wdtype in ((700, 1536, torch.float16, torch.float16),
-                                   (701, 1400, torch.bfloat16, torch.float32),
-                                   (600, 2000, torch.bfloat16, torch.bfloat16),
-                                   (601, 2048, torch.float16, torch.float32),
-                                   (600, 4096, torch.bfloat16, torch.bfloat16),
-                                   (601, 3500, torch.float16, torch.float32),
-                                   (301, 5000, torch.float16, torch.float16),
-                                   (300, 5120, torch.bfloat16, torch.bfloat16),
-                                   (301, 8192, torch.bfloat16, torch.bfloat16),
-                                   (300, 7000, torch.float16, torch.float32),
-                                   (151, 16384, torch.float16, torch.float16),
-                                   (150, 16000, torch.bfloat16, torch.float32),
-                                   (41, 32768, torch.float16, torch.float16),
-                                   (40, 30000, torch.bfloat16, torch.float32),
-                                   (41, 65536, torch.bfloat16, torch.float32),
-                                   (17, 131072, torch.bfloat16, torch.float32)):
-        ok &= check(rows, n, dtype, wdtype)
+    ok = check_shapes(((700, 1536, torch.float16, torch.float16),
+                       (701, 1400, torch.bfloat16, torch.float32),
+                       (600, 2000, torch.bfloat16, torch.bfloat16),
+                       (601, 2048, torch.float16, torch.float32),
+                       (600, 4096, torch.bfloat16, torch.bfloat16),
+                       (601, 3500, torch.float16, torch.float32),
+                       (301, 5000, torch.float16, torch.float16),
+                       (300, 5120, torch.bfloat16, torch.bfloat16),
+                       (301, 8192, torch.bfloat16, torch.bfloat16),
+                       (300, 7000, torch.float16, torch.float32),
+                       (151, 16384, torch.float16, torch.float16),
+                       (150, 16000, torch.bfloat16, torch.float32),
+                       (41, 32768, torch.float16, torch.float16),
+                       (40, 30000, torch.bfloat16, torch.float32),
+                       (41, 65536, torch.bfloat16, torch.float32),
+                       (17, 131072, torch.bfloat16, torch.float32)))
     for rows, n, dtype in ((301, 8192, torch.bfloat16), (41, 32768, torch.float16)):
         g = torch.Generator(device="cuda").manual_seed(rows + n)
         x = torch.randn(rows, n, device="cuda", generator=g).to(dtype).requires_grad_(True)
@@ -206,32 +210,29 @@ def check_forward_fast_memory_entries():
     ahead (more rows than resident clusters); 16-bit N = 131073-262144 and float32
     16385-65536 on clusters of 128-byte threads, 16-bit N = 768 / 8192 on the kernels
     for any N, 16-bit N = 129-256 on CTAs of 8 rows."""
-    ok = True
-    for rows, n, dtype, wdtype in ((300, 2056, torch.bfloat16, torch.bfloat16),
-                                   (301, 2944, torch.float16, torch.float32),
-                                   (300, 3072, torch.bfloat16, torch.bfloat16),
-                                   (300, 4104, torch.float16, torch.float16),
-                                   (301, 5120, torch.bfloat16, torch.bfloat16),
-                                   (300, 5128, torch.bfloat16, torch.float32),
-                                   (301, 6144, torch.float16, torch.float16),
-                                   (600, 4100, torch.float32, torch.float32),
-                                   (601, 5000, torch.float32, torch.float32),
-                                   (600, 5120, torch.float32, torch.float32),
-                                   # session 27: 16-bit rows of 256-512 KiB and float32
-                                   # rows of 64-256 KiB on clusters of 128-byte threads
-                                   # (more rows than resident clusters), the kernels for
-                                   # any N at exact 16-bit N = 768 / 8192
-                                   (40, 262144, torch.bfloat16, torch.bfloat16),
-                                   (17, 200000, torch.float16, torch.float32),
-                                   (130, 32768, torch.float32, torch.float32),
-                                   (37, 65536, torch.float32, torch.float32),
-                                   (301, 768, torch.float16, torch.float16),
-                                   (131, 8192, torch.bfloat16, torch.bfloat16),
-                                   # 16-bit N = 129-256 on CTAs of 8 rows
-                                   (1001, 200, torch.bfloat16, torch.float32),
-                                   (999, 256, torch.float16, torch.float16)):
-        ok &= check(rows, n, dtype, wdtype)
-    return ok
+    return check_shapes(((300, 2056, torch.bfloat16, torch.bfloat16),
+                         (301, 2944, torch.float16, torch.float32),
+                         (300, 3072, torch.bfloat16, torch.bfloat16),
+                         (300, 4104, torch.float16, torch.float16),
+                         (301, 5120, torch.bfloat16, torch.bfloat16),
+                         (300, 5128, torch.bfloat16, torch.float32),
+                         (301, 6144, torch.float16, torch.float16),
+                         (600, 4100, torch.float32, torch.float32),
+                         (601, 5000, torch.float32, torch.float32),
+                         (600, 5120, torch.float32, torch.float32),
+                         # session 27: 16-bit rows of 256-512 KiB and float32
+                         # rows of 64-256 KiB on clusters of 128-byte threads
+                         # (more rows than resident clusters), the kernels for
+                         # any N at exact 16-bit N = 768 / 8192
+                         (40, 262144, torch.bfloat16, torch.bfloat16),
+                         (17, 200000, torch.float16, torch.float32),
+                         (130, 32768, torch.float32, torch.float32),
+                         (37, 65536, torch.float32, torch.float32),
+                         (301, 768, torch.float16, torch.float16),
+                         (131, 8192, torch.bfloat16, torch.bfloat16),
+                         # 16-bit N = 129-256 on CTAs of 8 rows
+                         (1001, 200, torch.bfloat16, torch.float32),
+                         (999, 256, torch.float16, torch.float16)))
 
 
 SUBSETS = {"--register-accumulators": check_register_accumulator_entries,
