@@ -2,8 +2,9 @@
 enough for compute-sanitizer (memcheck, racecheck, synccheck): every kernel
 variant family (lane groups, whole-CTA rows, clusters, unaligned scalar rows,
 fallback, float64) is touched, and results are checked against float64.
-`--register-accumulators` runs only the backward entries of session 25 and
-`--fast-memory-forward` the forward entries of sessions 26-27 (below)."""
+`--register-accumulators` runs only the backward entries of session 25,
+`--fast-memory-forward` the forward entries of sessions 26-27 and
+`--shared-accumulators` the backward entries of session 28 (below)."""
 import sys
 
 import torch
@@ -235,8 +236,20 @@ def check_forward_fast_memory_entries():
                          (999, 256, torch.float16, torch.float16)))
 
 
+def check_shared_accumulator_entries():
+    """The backward entries of cards of faster memory of session 28 (16-bit weights):
+    accumulators in shared memory on clusters of two 192-thread CTAs, two per SM (N =
+    8193-12288), and for bfloat16 on clusters of eight 128-thread CTAs, three per SM (N =
+    16385-32768); more rows than resident clusters."""
+    return check_shapes(((300, 12288, torch.bfloat16, torch.bfloat16),
+                         (265, 10000, torch.float16, torch.float16),
+                         (100, 32768, torch.bfloat16, torch.bfloat16),
+                         (60, 20000, torch.bfloat16, torch.bfloat16)))
+
+
 SUBSETS = {"--register-accumulators": check_register_accumulator_entries,
-           "--fast-memory-forward": check_forward_fast_memory_entries}
+           "--fast-memory-forward": check_forward_fast_memory_entries,
+           "--shared-accumulators": check_shared_accumulator_entries}
 
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] in SUBSETS:

@@ -149,16 +149,19 @@ def test_row_counts(dtype, n):
                                           (torch.bfloat16, torch.float32), (torch.float16, torch.float32)],
                          ids=str)
 @pytest.mark.parametrize("n", [1400, 1536, 1544, 1600, 1792, 2000, 2048, 4000, 4096, 4700, 5120,
-                               6200, 8192, 12296, 16384, 20000, 32768, 40000, 65536, 131072])
+                               6200, 8192, 8200, 10000, 12288, 12296, 16384, 20000, 32768, 40000,
+                               65536, 131072])
 def test_backward_tables_per_dtype_pair(dtype, wdtype, n):
     """The 16-bit backward entries of cards of faster memory (kernel_config.h), some per
     dtype pair: 3-3.5 KiB rows with 16-bit weights; the 32-byte threads holding their
     dweight/dbias accumulators in registers (2.5-3 KiB rows; two-row CTAs at 4-8 KiB rows,
     clusters of two at 9-10 and 12-32 KiB, of eight at 32-128 KiB with float32 weights,
     32-64 KiB with fp16 ones, of sixteen at 128-256 KiB with float32 weights), the weight
-    in shared memory or registers by dtype pair, the H100 entries for bfloat16 at 32-64
-    KiB rows and 16-bit weights at 64-256 KiB; at row counts around their persistent
-    grids (more rows than the few-row backward takes at N <= 8192)."""
+    in shared memory or registers by dtype pair; with 16-bit weights the 64-byte threads
+    with accumulators in shared memory on clusters of two 192-thread CTAs at 16-24 KiB
+    rows and, for bfloat16, of eight 128-thread CTAs at 32-64 KiB rows, the H100 entries
+    at 64-256 KiB; at row counts around their persistent grids (more rows than the
+    few-row backward takes at N <= 8192)."""
     if n < 4096:
         row_counts = [129, 263, 1000, 2049]
     elif n <= 8192:

@@ -737,11 +737,20 @@ inline constexpr auto kBackwardConfigs16FastMemory =
 // (76.5 / 72.7-73.0 against 72.8 / 69.1, 70.1 / 68.0 against 66.0 / 66.0 on
 // the mappings of float32 weights). N = 2048 / 4096 take the entries above
 // (bf16 84.5 / 83.7, fp16 83.7 / 82.3; before 82.4 / 82.6 and 81.7 / 82.0).
+// 16-24 KiB rows (N = 8193-12288): 64-byte threads with accumulators in
+// shared memory on clusters of two 192-thread CTAs, two per SM at 168
+// registers, the weight in registers (tune v35e, two passes; bf16 / fp16,
+// the H100 entry's one 384 x 64 B CTA per SM in brackets, whose warps all
+// update their accumulators after the same barrier, docs/kernels.md
+// session 28): N=8200 65.4-65.6 / 61.9-62.0 (61.2-61.3 / 59.2-59.4), 10000
+// 74.2-74.3 / 70.1-70.6 (69.6-69.8 / 68.0-68.1), 12288 83.4 / 81.7-81.8
+// (79.1-79.4 / 77.3-77.4); with the weight in shared memory 77.8-78.5.
 inline constexpr KernelConfig kBackwardChanges16SameWeightFastMemory[] = {
     with_prefetch({3072, 96, 32, 1, 1, 0, 480}),
     with_smem_weight(with_prefetch({3584, 64, 64, 2, 1, 0, 512, true, kAccSmem})),
     with_prefetch({10240, 160, 32, 1, 2, 0, 480}),
     with_prefetch({16384, 256, 32, 1, 2, 0, 512}),
+    with_prefetch({24576, 192, 64, 1, 2, 0, 384, true, kAccSmem}),
     with_prefetch({32768, 512, 32, 1, 2, 0, 512}),
     with_prefetch({65536, 256, 32, 1, 8, 0, 512}),
     entry_of(kBackwardConfigs16, 131072),
@@ -751,12 +760,17 @@ inline constexpr auto kBackwardConfigs16SameWeightFastMemory =
     merged_table<kBackwardConfigs16FastMemory, kBackwardChanges16SameWeightFastMemory>();
 // bfloat16 rows and weights: 2.5-3 KiB and 9-10 KiB rows with the weight in
 // shared memory (the entries of float32 weights above: tune v32 N=1536 80.5,
-// 5120 79.5, against 79.9 and 79.0 before), 32-64 KiB rows (N = 16385-32768)
-// on the H100 entry (78.1% against 76.9 on the fp16 entry above).
+// 5120 79.5, against 79.9 and 79.0 before); 32-64 KiB rows (N =
+// 16385-32768) on clusters of eight 128 x 64 B CTAs, three per SM at 168
+// registers, accumulators in shared memory, the weight in registers (tune
+// v35e, two passes: N=16400 / 24576 / 32768 48.9 / 67.3-67.4 / 78.7 against
+// the H100 entry's 48.4 / 65.7-65.8 / 77.4-77.6, two 256 x 64 B CTAs of
+// clusters of four per SM; fp16 lost 0.6-1.5 points at 16400 / 24576 on it
+// against its 32-byte entry above and keeps that).
 inline constexpr KernelConfig kBackwardChangesBF16FastMemory[] = {
     entry_of(kBackwardConfigs16FastMemory, 3072),
     entry_of(kBackwardConfigs16FastMemory, 10240),
-    entry_of(kBackwardConfigs16, 65536),
+    with_prefetch({65536, 128, 64, 1, 8, 0, 384, true, kAccSmem}),
 };
 inline constexpr auto kBackwardConfigsBF16FastMemory =
     merged_table<kBackwardConfigs16SameWeightFastMemory, kBackwardChangesBF16FastMemory>();
