@@ -159,6 +159,7 @@ def main():
         ok &= check(3, n, dtype, dtype)
     ok &= check_register_accumulator_entries()
     ok &= check_forward_fast_memory_entries()
+    ok &= check_shared_accumulator_entries()
     print("ALL OK" if ok else "SOME FAILED", flush=True)
 
 
