@@ -17,6 +17,15 @@ def demangle_args(name: str) -> str:
         from_output = re.findall(r"Lb([01])E", name)[-1:] == ["1"]
         return (f"{label}<{t}{'+' + w32 if w32 else ''}{g32} items={ints[0]} "
                 f"rows_per_warp={ints[1]}{' from_output' if from_output else ''}>")
+    if label == "ln_fwd_short_rows_kernel" and len(ints) >= 6:
+        # <T, W, O, VEC, ITEMS, TPR, ROWS, MIN_CTAS, AHEAD, EXACT>; O float32
+        # with 16-bit rows: autocast.
+        vec, items, tpr, rows, min_ctas, ahead = ints[:6]
+        o32 = "+o32" if re.search(r"(BFloat16|Half)E(f|S3_)fLi", name) else ""
+        exact = re.findall(r"Lb([01])E", name)[-1:] == ["1"]
+        grid = "one_pass" if ahead == "0" else f"ahead={ahead}"
+        return (f"{label}<{t}{'+' + w32 if w32 else ''}{o32} vec={vec} items={items} tpr={tpr} "
+                f"rows={rows} min_ctas={min_ctas} {grid}{',exact' if exact else ''}>")
     if "row_in_smem" in label and len(ints) >= 6:
         # <T, W, O, VEC, ITEMS, THREADS, CLUSTER, MIN_CTAS, STAGES, SHIFTED, PERSISTENT>
         vec, items, threads, cluster, min_ctas, stages = ints[:6]

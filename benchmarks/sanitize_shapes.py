@@ -4,7 +4,8 @@ variant family (lane groups, whole-CTA rows, clusters, unaligned scalar rows,
 fallback, float64) is touched, and results are checked against float64.
 `--register-accumulators` runs only the backward entries of session 25,
 `--fast-memory-forward` the forward entries of sessions 26-27 and
-`--shared-accumulators` the backward entries of session 28 (below)."""
+`--shared-accumulators` the backward entries of session 28 and `--short-rows` the
+forward's short-row kernel of session 29 (below)."""
 import sys
 
 import torch
@@ -160,7 +161,24 @@ def main():
     ok &= check_register_accumulator_entries()
     ok &= check_forward_fast_memory_entries()
     ok &= check_shared_accumulator_entries()
+    ok &= check_short_row_entries()
     print("ALL OK" if ok else "SOME FAILED", flush=True)
+
+
+def check_short_row_entries():
+    """The forward's short-row kernel (session 29, forward_short_rows.cuh: rows within a
+    warp, weight/bias in registers) at each of its entries: float32 N = 64 (persistent,
+    one row ahead), 16-bit N = 768 with float32 weights (persistent, two rows ahead) and
+    with weights of their dtype (one pass); more rows than one round of the persistent
+    grids and a partial last round, one row, and row counts that leave CTAs or row slots
+    without rows."""
+    return check_shapes(((20001, 64, torch.float32, torch.float32),
+                         (1, 64, torch.float32, torch.float32),
+                         (5001, 768, torch.bfloat16, torch.float32),
+                         (4003, 768, torch.float16, torch.float32),
+                         (2, 768, torch.bfloat16, torch.float32),
+                         (3001, 768, torch.bfloat16, torch.bfloat16),
+                         (3, 768, torch.float16, torch.float16)))
 
 
 def check_register_accumulator_entries():
@@ -250,7 +268,8 @@ def check_shared_accumulator_entries():
 
 SUBSETS = {"--register-accumulators": check_register_accumulator_entries,
            "--fast-memory-forward": check_forward_fast_memory_entries,
-           "--shared-accumulators": check_shared_accumulator_entries}
+           "--shared-accumulators": check_shared_accumulator_entries,
+           "--short-rows": check_short_row_entries}
 
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] in SUBSETS:

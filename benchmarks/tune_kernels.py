@@ -168,6 +168,10 @@ def _parse_entries(direction: str, name: str):
             out.append((mx, (threads, bpt, 1, cluster, stages, min_threads, 3 if persistent else 2),
                         None, exact_only))
             continue
+        # with_params_in_registers(entry): the short-row kernel (forward flag bit 6).
+        params_regs = line.startswith("with_params_in_registers(")
+        if params_regs:
+            line = line[len("with_params_in_registers("):]
         from_cache = line.startswith("params_from_cache(")
         if from_cache:
             line = line[len("params_from_cache("):]
@@ -184,7 +188,8 @@ def _parse_entries(direction: str, name: str):
             mx, tpr, bpt, rows, cluster, stages, min_threads, persistent, acc = f[:9]
             part_groups = int(m.group(2) or 1)
             flag = (persistent | (4 if from_cache else 0) | (8 if prefetch else 0)
-                    | (32 if generic_only else 0) if direction == "fwd"
+                    | (32 if generic_only else 0)
+                    | ((64 if persistent else 192) if params_regs else 0) if direction == "fwd"
                     else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0)
                     | (64 if smem_weight else 0))
             cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag)
@@ -354,6 +359,12 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                       f"{'true' if acc_smem else 'false'}, {'true' if row_in_smem else 'false'}, "
                       f"{part_groups}, {'true' if params_in_smem else 'false'}, "
                       f"{'true' if prefetch else 'false'}, {'true' if smem_weight else 'false'}}}")
+            # Forward bit 6 (64): persistent, the next row ahead, weight/bias
+            # widened into registers once per CTA (params_in_registers).
+            # With bit 7 (128): one pass, a CTA per `rows` rows.
+            if c["dir"] == "fwd" and flag & 64:
+                config = (f"with_params_in_registers({config}, false)" if flag & 128
+                          else f"with_params_in_registers({config})")
             if not exact_rows:
                 config = f"without_exact_rows({config})"
             lines.append(f"struct Cfg{idx} {{ static constexpr KernelConfig config = {config}; }};")
@@ -454,7 +465,8 @@ def main():
                          "at that N only, for the dtypes whose rows fill more than half of it); "
                          "forward flag bits: 1 persistent, 2 row in shared memory, 4 weight/bias "
                          "from L1/L2, 8 next row prefetched, 32 the generic kernel also for rows "
-                         "that fill the mapping exactly")
+                         "that fill the mapping exactly, 64 the short-row kernel (weight/bias in registers, "
+                         "persistent, `stages` 0-2: 1-2 rows ahead), 64 + 128 that kernel one-pass")
     ap.add_argument("--weight-fp32", action="store_true",
                     help="float32 weight/bias (and dweight/dbias) with 16-bit rows")
     ap.add_argument("--bwd-dx-only", action="store_true",
@@ -535,6 +547,9 @@ def main():
              extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-std=c++17",
                                 "-gencode=arch=compute_90,code=sm_90",
                                 "-DFASTLAYERNORM_WITH_CUDA"]
+             # Compile-time switches of an experiment (e.g. -DNAME=1), for an
+             # A/B of builds that differ only in them.
+             + os.environ.get("FASTLAYERNORM_TUNE_CFLAGS", "").split()
              + (["-Xptxas=-v"] if ptxas_verbose else []),
              extra_cflags=["-O3"], build_directory=args.build_dir, verbose=ptxas_verbose,
              is_python_module=False)

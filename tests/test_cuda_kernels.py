@@ -229,6 +229,32 @@ def test_forward_entries_of_fast_memory(dtype, wdtype, rows_of):
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                          (torch.float32, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("params", ["both", "weight only", "none"])
+def test_forward_short_rows(dtype, wdtype, params):
+    """Short rows, where the fast-memory tables take the short-row kernel
+    (forward_short_rows.cuh: a row within a warp, weight/bias in registers for all of a
+    CTA's rows; persistent with one or two rows loading ahead, or one pass) for the rows
+    that fill its mapping (float32 N = 64, 16-bit N = 768), and the sizes and the other
+    entries beside them (N = 56-1032); row counts from one row to several rounds of the
+    persistent grids with a partial last round, with and without weight and bias."""
+    for n in (56, 64, 72, 120, 128, 136, 248, 256, 264, 504, 512, 520, 760, 768, 776, 1016, 1024,
+              1032):
+        for rows in (1, 5, 33, 20001):
+            x = make_input((rows, n), dtype, "cuda")
+            w, b = make_params([n], wdtype, "cuda")
+            w, b = {"both": (w, b), "weight only": (w, None), "none": (None, None)}[params]
+            g = make_grad((rows, n), dtype, "cuda")
+            try:
+                check_against_reference(x, [n], w, b, g, autograd=False, torch_check=rows >= 128)
+            except AssertionError as e:
+                raise AssertionError(f"N={n}, rows={rows}, {dtype}, weights {wdtype}, "
+                                     f"{params}: {e}") from e
+
+
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
                                           (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
                          ids=str)
 def test_shifted_entries_of_fast_memory(dtype, wdtype):
@@ -380,6 +406,23 @@ def test_low_precision_input_float32_params(x_dtype, n):
     res, _ = check_against_reference(x, [n], w, b, g)
     assert res["y"].dtype == x_dtype and res["dx"].dtype == x_dtype
     assert res["dw"].dtype == res["db"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("x_dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("rows", [1, 33, 20001])
+def test_autocast_float32_output_short_rows(x_dtype, rows):
+    """Autocast's float32 output from 16-bit rows with float32 parameters on the short-row
+    kernel (16-bit N = 768 on the fast-memory tables: two rows ahead, a persistent grid)
+    and beside it (N = 760, 776), against the float64 reference."""
+    for n in (760, 768, 776):
+        x = make_input((rows, n), x_dtype, "cuda")
+        w, b = make_params([n], torch.float32, "cuda")
+        with torch.autocast("cuda", dtype=x_dtype):
+            out = fastlayernorm.layer_norm(x, [n], w, b, EPS)
+        ref = torch.nn.functional.layer_norm(x.double().cpu(), [n], w.double().cpu(),
+                                             b.double().cpu(), EPS)
+        assert out.dtype == torch.float32
+        assert rel_err(out, ref) <= TOL[torch.float32], (n, rows)
 
 
 @pytest.mark.parametrize("x_dtype", LOW_PRECISION, ids=str)

@@ -87,6 +87,13 @@ struct KernelConfig {
   // For ranges whose exact rows and the rows below them run fastest on
   // different mappings (for_exact_rows_only).
   bool exact_rows_only = false;
+  // Forward only, cluster 1, a row within a warp (tpr <= 32): the short-row
+  // kernel (forward_short_rows.cuh), whose threads widen their weight/bias
+  // columns to floats once and keep them in registers for all their rows;
+  // persistent with max(1, stages) rows loading ahead, or one pass. Shifted
+  // rows (N not a multiple of the vector) take the entry's mapping on
+  // forward.cuh's persistent kernel instead (shifted_forward_config).
+  bool params_in_registers = false;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of
@@ -132,6 +139,15 @@ constexpr KernelConfig with_staged_shifted_rows(KernelConfig c) {
 // after the reductions (see KernelConfig::params_in_smem).
 constexpr KernelConfig params_from_cache(KernelConfig c) {
   c.params_in_smem = false;
+  return c;
+}
+
+// A forward entry on the short-row kernel (see
+// KernelConfig::params_in_registers); persistent false: one pass, a CTA per
+// `rows` rows.
+constexpr KernelConfig with_params_in_registers(KernelConfig c, bool persistent = true) {
+  c.persistent = persistent;
+  c.params_in_registers = true;
   return c;
 }
 
@@ -205,6 +221,7 @@ constexpr int min_ctas_per_sm(const KernelConfig& c, int default_min_threads) {
 // ahead lost from 5001 up). Entries with a shifted mapping
 // (with_shifted_mapping, with_staged_shifted_rows) run shifted rows on it.
 constexpr KernelConfig shifted_forward_config(KernelConfig c, int elem_bytes) {
+  c.params_in_registers = false;  // gathered shifted, into shared memory
   if ((c.persistent && !c.row_in_smem) || (c.row_in_smem && c.cluster > 1)) return c;
   c.persistent = true;
   c.row_in_smem = false;
@@ -630,11 +647,19 @@ constexpr auto merged_table() {
 // `cluster-residency-probe-h200-v34.txt`), and no mapping of the sweep
 // (clusters of 4-16, 32-128-byte threads, rows in shared memory) beat the
 // 24-256 KiB entries by more than a point.
+// 16-bit rows of N = 768 with float32 weights (and autocast's float32
+// output): the short-row kernel (forward_short_rows.cuh), 32 x 48 B threads
+// in CTAs of 4 rows, three per SM, two rows ahead (tune v36b, bf16 with
+// float32 weights, `tune-h200-v36b-short-*`, two passes: 86.1 / 85.9% of
+// copy against 83.5 / 83.6 on the H100 entry's exact kernel in the same
+// process).
 inline constexpr KernelConfig kForwardChanges16FastMemory[] = {
     params_from_cache({128, 4, 32, 32, 1, 0, 1536, kGrid}),
     {256, 8, 32, 16, 1, 0, 1536, kGrid},
     params_from_cache({512, 8, 64, 8, 1, 0, 1024, kGrid}),
     params_from_cache({1024, 16, 64, 8, 1, 0, 1024, kGrid}),
+    for_exact_rows_only(with_params_in_registers({1536, 32, 48, 4, 1, 2, 384})),
+    entry_of(kForwardConfigs16, 1536),
     params_from_cache({6144, 128, 48, 1, 1, 0, 1024, kGrid}),
     without_exact_rows(entry_of(kForwardConfigs16, 10240)),
     without_exact_rows(entry_of(kForwardConfigs16, 12288)),
@@ -652,8 +677,14 @@ inline constexpr auto kForwardConfigs16FastMemory =
 // exact ones (tune v33 / v34, two passes, `tune-h200-v34-exact16`: bf16 768
 // 86.2 against 85.6, 8192 87.3 / 85.9; fp16 87.1 / 86.7, 88.9 / 87.8; with
 // float32 weights the exact kernels stay ahead: 84.0 / 83.0, 83.5 / 81.1).
+// Rows of exactly N = 768 on the short-row kernel, one pass (a CTA per 4
+// rows of 32 x 48 B threads, 1024 threads per SM; tune v36c,
+// `tune-h200-v36c-*`, two passes: bf16 88.5 / 88.4% of copy against 86.7 /
+// 86.3 on the kernel for any N in the same process, fp16 86.9 / 87.6
+// against 86.9 / 86.3; v36d's two passes 88.0 / 87.9 for bf16).
 inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
-    without_exact_rows(entry_of(kForwardConfigs16FastMemory, 1536)),
+    for_exact_rows_only(with_params_in_registers({1536, 32, 48, 4, 1, 0, 1024, kGrid}, false)),
+    without_exact_rows(entry_of(kForwardConfigs16, 1536)),
     for_exact_rows_only(entry_of(kForwardConfigs16, 4096)),
     without_exact_rows({4096, 64, 64, 2, 1, 0, 1024}),
     without_exact_rows(entry_of(kForwardConfigs16FastMemory, 16384)),
@@ -672,8 +703,14 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // 81.9 (75.4). 128 and 256 KiB rows (N = 32768 / 65536): 128-byte threads
 // in CTAs of 128 (123 / 155 registers), on clusters of 8 / 16 (tune v34,
 // `tune-h200-v34-long-fp32`, against the H100 entries' 256 / 512 x 64 B x 8
-// in the same process): 85.5 (81.5), 81.3 (77.7).
+// in the same process): 85.5 (81.5), 81.3 (77.7). Rows of exactly N = 64:
+// the short-row kernel, 8 x 32 B threads in CTAs of 16 rows, 1024 threads
+// per SM, one row ahead (tune v36a, `tune-h200-v36a-*`, two passes: 84.3 /
+// 84.2% of copy against 76.7 / 76.2 on the H100 entry's staged persistent
+// kernel in the same process; v36d's two passes 84.0 / 84.2).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
+    for_exact_rows_only(with_params_in_registers({256, 8, 32, 16, 1, 0, 1024})),
+    entry_of(kForwardConfigs32, 256),
     {1024, 16, 64, 16, 1, 0, 512, kGrid},
     for_exact_rows_only(entry_of(kForwardConfigs32, 4096)),
     without_exact_rows(params_from_cache({4096, 64, 64, 2, 1, 0, 1024, kGrid})),

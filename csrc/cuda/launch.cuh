@@ -21,6 +21,7 @@
 #include "fallback.cuh"
 #include "forward.cuh"
 #include "forward_row_in_smem.cuh"
+#include "forward_short_rows.cuh"
 
 namespace fastlayernorm::cuda {
 
@@ -397,6 +398,47 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
   return launch(generic, resident);
 }
 
+// Launches the short-row kernel of `Entry` (params_in_registers): rows that
+// fill its mapping exactly on the kernel compiled for that N (where the
+// entry allows it), the others on the one for any N (none is compiled for
+// an exact_rows_only entry, which the tables give only its own rows).
+template <typename T, typename W, typename Entry, typename O>
+bool launch_forward_short_rows(Entry, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
+  constexpr KernelConfig c = Entry::config;
+  static_assert(c.cluster == 1 && c.stages <= 2 && !c.row_in_smem && c.tpr <= 32 &&
+                    (c.persistent || c.stages == 0),
+                "the short-row kernel: rows within a warp, one CTA per row group, one pass or "
+                "1-2 rows ahead");
+  constexpr int kAhead = c.persistent ? std::max(1, c.stages) : 0;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kItems = c.bytes_per_thread / 16;
+  constexpr int kMinCtas = min_ctas_per_sm(c, kForwardMinThreadsPerSm);
+  auto launch = [&](auto kernel, ResidencyCache& cache) {
+    const int64_t resident = resident_groups(kernel, cta_threads(c), 1, 0, cache);
+    if (resident == 0) return false;
+    // One pass (more than a grid holds only for tensors far beyond any GPU's
+    // memory; the fallback takes those).
+    const int64_t all_rows = ceil_div(p.rows, c.rows);
+    if (!c.persistent && all_rows > (int64_t{1} << 30)) return false;
+    const int64_t groups = c.persistent ? std::min(all_rows, resident) : all_rows;
+    launch_kernel(kernel, groups, cta_threads(c), 1, 0, p, stream);
+    return true;
+  };
+  if (c.exact_rows && p.cols == forward_exact_cols(kVec, kItems, c.tpr)) {
+    static ResidencyCache exact_cache{};
+    return launch(
+        ln_fwd_short_rows_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, kMinCtas, kAhead, true>,
+        exact_cache);
+  }
+  if constexpr (!c.exact_rows_only) {
+    static ResidencyCache cache{};
+    return launch(
+        ln_fwd_short_rows_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, kMinCtas, kAhead, false>,
+        cache);
+  }
+  return false;
+}
+
 // The forward kernel of `Entry`'s mapping.
 template <typename T, typename W, bool kShifted, typename Entry, typename O>
 bool launch_forward_mapping(Entry e, const ForwardParams<T, W, O>& p, cudaStream_t stream) {
@@ -409,7 +451,10 @@ bool launch_forward_mapping(Entry e, const ForwardParams<T, W, O>& p, cudaStream
   // mapping measured faster where one CTA holds the row (tune v12, bf16:
   // N=6144 91.7 against 84.2% of copy, 8192 91.4 / 86.6, 16384 86.7 / 73.1).
   constexpr bool kRowInSmem = c.row_in_smem && (c.cluster > 1 || sizeof(W) <= sizeof(T));
-  if constexpr (kRowInSmem) {
+  if constexpr (c.params_in_registers) {
+    static_assert(!kShifted, "shifted rows take forward.cuh's kernels (shifted_forward_config)");
+    return launch_forward_short_rows<T, W>(e, p, stream);
+  } else if constexpr (kRowInSmem) {
     return launch_forward_row_in_smem<T, W, kShifted>(e, p, stream);
   } else {
     return launch_forward_row_in_registers<T, W, kShifted>(e, p, stream);
