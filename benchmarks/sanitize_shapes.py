@@ -228,8 +228,9 @@ def check_forward_fast_memory_entries():
     where a row fills the mapping (branch-free: chunks past the row end loaded as zeros
     and not stored), float32 N = 4097-5120 on clusters of four loading their next row
     ahead (more rows than resident clusters); 16-bit N = 131073-262144 and float32
-    16385-65536 on clusters of 128-byte threads, 16-bit N = 768 / 8192 on the kernels
-    for any N, 16-bit N = 129-256 on CTAs of 8 rows."""
+    16385-65536 on clusters of 128-byte threads, 16-bit N = 8192 on the kernel for any N
+    (N = 768 until session 29, since on the short-row kernel), 16-bit N = 129-256 on CTAs
+    of 8 rows."""
     return check_shapes(((300, 2056, torch.bfloat16, torch.bfloat16),
                          (301, 2944, torch.float16, torch.float32),
                          (300, 3072, torch.bfloat16, torch.bfloat16),
@@ -242,8 +243,9 @@ def check_forward_fast_memory_entries():
                          (600, 5120, torch.float32, torch.float32),
                          # session 27: 16-bit rows of 256-512 KiB and float32
                          # rows of 64-256 KiB on clusters of 128-byte threads
-                         # (more rows than resident clusters), the kernels for
-                         # any N at exact 16-bit N = 768 / 8192
+                         # (more rows than resident clusters), the kernel for
+                         # any N at exact 16-bit N = 8192 (and at 768 until
+                         # session 29; since, its one-pass short-row kernel)
                          (40, 262144, torch.bfloat16, torch.bfloat16),
                          (17, 200000, torch.float16, torch.float32),
                          (130, 32768, torch.float32, torch.float32),

@@ -677,7 +677,7 @@ inline constexpr auto kForwardConfigs16FastMemory =
 // exact ones (tune v33 / v34, two passes, `tune-h200-v34-exact16`: bf16 768
 // 86.2 against 85.6, 8192 87.3 / 85.9; fp16 87.1 / 86.7, 88.9 / 87.8; with
 // float32 weights the exact kernels stay ahead: 84.0 / 83.0, 83.5 / 81.1).
-// Rows of exactly N = 768 on the short-row kernel, one pass (a CTA per 4
+// Since v36 rows of exactly N = 768 take the short-row kernel, one pass (a CTA per 4
 // rows of 32 x 48 B threads, 1024 threads per SM; tune v36c,
 // `tune-h200-v36c-*`, two passes: bf16 88.5 / 88.4% of copy against 86.7 /
 // 86.3 on the kernel for any N in the same process, fp16 86.9 / 87.6
