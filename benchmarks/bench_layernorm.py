@@ -646,8 +646,16 @@ def _bench_instrumented(row, direction, fn, ctx: Context) -> float:
 
 
 def time_forward(fn, inp, ctx: Context, row=None) -> float:
+    """The forward as training runs it (inputs requiring grad: what the backward reads is
+    saved), or with --inference under torch.no_grad (nothing saved; fastlayernorm then
+    stores no mean/rstd, torch.compile runs its inference graph)."""
     sets = Cycle(inp.xs)
     w, b = inp.w, inp.b
+    if ctx.args.inference:
+        def call():
+            with torch.no_grad():
+                return fn(sets.next(), w, b, EPS)
+        return _bench_instrumented(row, "fwd", call, ctx)
     return _bench_instrumented(row, "fwd", lambda: fn(sets.next(), w, b, EPS), ctx)
 
 
@@ -1009,7 +1017,8 @@ def make_note(args: argparse.Namespace, timer: str) -> str:
         f"Main sweep: rows x N = 2^{args.elements_log2} elements (2^{args.fp32_elements_log2} for "
         f"float32), rows = elements // N; tag smallm: rows in {list(args.smallm_rows)} at N={SMALLM_N} "
         f"bf16; tag extra: (M, N) in {[list(s) for s in args.extra_shapes]} bf16. fwd_ms/bwd_ms: "
-        f"{timer}; fwd = the op call on a requires-grad input (what eager training pays); bwd = "
+        f"{timer}; fwd = the op call on a requires-grad input (what eager training pays)"
+        f"{' -- here (--inference) under torch.no_grad instead, nothing saved, the bytes still counting 8 B/row of stats' if args.inference else ''}; bwd = "
         "torch.autograd.grad(y, [x, w, b], dy, retain_graph=True) on a kept output, so the forward "
         "is not re-timed (bwd_method says when a provider needed fwd+bwd minus fwd instead); "
         "fwdbwd = fwd + bwd. Shapes whose x and dy fit twice in L2 rotate among input_sets sets. "
@@ -1061,6 +1070,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--sizes", default=None,
                    help="comma list of N (rows = elements // N) or MxN; default: the full sweep")
     p.add_argument("--modes", default="fwd,bwd", help="comma list of fwd, bwd, fwdbwd (= both)")
+    p.add_argument("--inference", action="store_true",
+                   help="time the forward under torch.no_grad (with --modes fwd): no provider "
+                        "saves what a backward would read")
     p.add_argument("--extras", action=argparse.BooleanOptionalAction, default=None,
                    help="the few-row and extra bf16 shapes (default: on unless --sizes is given)")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
@@ -1105,6 +1117,8 @@ def finish_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(str(exc))
     if "fwdbwd" in modes:
         modes = ["fwd", "bwd"]
+    if args.inference and modes != ["fwd"]:
+        parser.error("--inference times the forward only: give --modes fwd")
     args.modes = modes
     if args.no_compile and "compile" in args.providers:
         args.providers.remove("compile")

@@ -4,8 +4,9 @@ variant family (lane groups, whole-CTA rows, clusters, unaligned scalar rows,
 fallback, float64) is touched, and results are checked against float64.
 `--register-accumulators` runs only the backward entries of session 25,
 `--fast-memory-forward` the forward entries of sessions 26-27 and
-`--shared-accumulators` the backward entries of session 28 and `--short-rows` the
-forward's short-row kernel of session 29 (below)."""
+`--shared-accumulators` the backward entries of session 28, `--short-rows` the
+forward's short-row kernel of session 29 and `--unrecorded` the forward that stores no
+statistics (session 29, below)."""
 import sys
 
 import torch
@@ -162,7 +163,36 @@ def main():
     ok &= check_forward_fast_memory_entries()
     ok &= check_shared_accumulator_entries()
     ok &= check_short_row_entries()
+    ok &= check_unrecorded_forward()
     print("ALL OK" if ok else "SOME FAILED", flush=True)
+
+
+def check_unrecorded_forward():
+    """The forward of a call no graph records (session 29: under torch.no_grad the op
+    runs below autograd and its CUDA kernels store no mean/rstd, null pointers) over
+    each kernel family: bitwise the output of layer_norm_fwd, which stores them."""
+    ok = True
+    for rows, n, dtype, wdtype in ((300, 64, torch.float32, torch.float32),
+                                   (301, 768, torch.bfloat16, torch.bfloat16),
+                                   (300, 768, torch.float16, torch.float32),
+                                   (45, 1000, torch.bfloat16, torch.bfloat16),
+                                   (40, 4099, torch.bfloat16, torch.float32),
+                                   (300, 12288, torch.float16, torch.float16),
+                                   (10, 131072, torch.bfloat16, torch.bfloat16),
+                                   (3, 600000, torch.bfloat16, torch.bfloat16),
+                                   (17, 1000, torch.float64, torch.float64)):
+        g = torch.Generator(device="cuda").manual_seed(rows * 31 + n)
+        x = torch.randn(rows, n, device="cuda", dtype=dtype, generator=g)
+        w = (1 + 0.1 * torch.randn(n, device="cuda", generator=g)).to(wdtype)
+        b = (0.1 * torch.randn(n, device="cuda", generator=g)).to(wdtype)
+        with torch.no_grad():
+            y = fastlayernorm.layer_norm(x, [n], w, b, 1e-5)
+        y_ref = ops.layer_norm_fwd(x, [n], w, b, 1e-5)[0]
+        torch.cuda.synchronize()
+        good = torch.equal(y, y_ref)
+        print(f"{'ok' if good else 'FAIL'} unrecorded rows={rows} n={n} {dtype} w={wdtype}", flush=True)
+        ok &= good
+    return ok
 
 
 def check_short_row_entries():
@@ -271,7 +301,8 @@ def check_shared_accumulator_entries():
 SUBSETS = {"--register-accumulators": check_register_accumulator_entries,
            "--fast-memory-forward": check_forward_fast_memory_entries,
            "--shared-accumulators": check_shared_accumulator_entries,
-           "--short-rows": check_short_row_entries}
+           "--short-rows": check_short_row_entries,
+           "--unrecorded": check_unrecorded_forward}
 
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] in SUBSETS:

@@ -375,7 +375,8 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                     f"  using T = {ctype};\n  using W = {wtype};\n"
                     f"  const auto p = make_forward_params<T, W, T>(x.const_data_ptr<T>(), "
                     f"w.const_data_ptr<W>(), b.const_data_ptr<W>(), y.mutable_data_ptr<T>(), "
-                    f"mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), x.size(0), "
+                    f"mean.numel() ? mean.mutable_data_ptr<float>() : nullptr, "
+                    f"rstd.numel() ? rstd.mutable_data_ptr<float>() : nullptr, x.size(0), "
                     f"static_cast<int>(x.size(1)), 1e-5f);\n"
                     f"  // false: the kernel cannot run on this GPU (its shared memory).\n"
                     f"  TORCH_CHECK((launch_forward_entry<T, W, {shifted}>(Cfg{idx}{{}}, p, "
@@ -473,6 +474,9 @@ def main():
                     help="time the backward without dweight/dbias (no partial rows, no "
                          "finalize kernel): what the parameter gradients cost")
     ap.add_argument("--dry-run", action="store_true", help="list the candidates, build nothing")
+    ap.add_argument("--fwd-no-stats", action="store_true",
+                    help="the forward without storing mean/rstd (null pointers), as for a "
+                         "forward whose backward will not run")
     ap.add_argument("--build-only", action="store_true", help="compile the candidates, time nothing")
     ap.add_argument("--prebuilt", action="store_true",
                     help="load the extension already built in --build-dir (e.g. compiled with "
@@ -591,8 +595,9 @@ def main():
         mean = x.float().mean(-1)
         rstd = torch.rsqrt(x.float().var(-1, unbiased=False) + 1e-5)
         y = torch.empty_like(x)
-        m2 = torch.empty_like(mean)
-        r2 = torch.empty_like(rstd)
+        # Empty: the forward without its statistics (--fwd-no-stats).
+        m2 = torch.empty(0 if args.fwd_no_stats else mean.numel(), device="cuda")
+        r2 = torch.empty_like(m2)
         dx = torch.empty_like(x)
         # Empty: the backward without dweight/dbias (--bwd-dx-only).
         dw = torch.empty(0 if args.bwd_dx_only else n, device="cuda", dtype=wdt)

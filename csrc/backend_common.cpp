@@ -27,7 +27,7 @@ TensorTriple run_forward(const Tensor& input,
                          const std::optional<Tensor>& weight,
                          const std::optional<Tensor>& bias, double eps,
                          ForwardKernel kernel,
-                         std::optional<c10::ScalarType> output_dtype) {
+                         std::optional<c10::ScalarType> output_dtype, bool with_stats) {
   const auto shape = C10_AS_INTARRAYREF_SLOW(normalized_shape);
   const RowShape rs = check_forward_args(input, shape, weight, bias, eps);
   c10::OptionalDeviceGuard guard(input.device());
@@ -46,13 +46,13 @@ TensorTriple run_forward(const Tensor& input,
                              input.options()
                                  .dtype(output_dtype.value_or(input.scalar_type()))
                                  .memory_format(contiguous)),
-                   at::empty(stats, stats_options),
-                   at::empty(stats, stats_options)};
-  if (rs.cols == 0) {
+                   with_stats ? at::empty(stats, stats_options) : Tensor(),
+                   with_stats ? at::empty(stats, stats_options) : Tensor()};
+  if (rs.cols == 0 && with_stats) {
     // Empty rows: as aten::native_layer_norm, mean 0 and rstd NaN (0/0).
     args.mean.zero_();
     args.rstd.fill_(std::numeric_limits<double>::quiet_NaN());
-  } else if (rs.rows > 0) {
+  } else if (rs.rows > 0 && rs.cols > 0) {
     kernel(args);
   }
   return {args.output, args.mean, args.rstd};

@@ -97,12 +97,15 @@ using BackwardKernel = void (*)(const BackwardArgs&);
 // The operator bodies shared by the CPU and CUDA backends: check the
 // arguments, make inputs contiguous, allocate the outputs, call the kernel.
 // output_dtype: the output's dtype when not the input's (the autocast path's
-// float32). float_grad_ok: as in check_backward_args.
+// float32). with_stats false: mean and rstd are neither allocated nor
+// stored (undefined in ForwardArgs and in the result), for a forward no
+// backward follows. float_grad_ok: as in check_backward_args.
 TensorTriple run_forward(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                          const std::optional<Tensor>& weight,
                          const std::optional<Tensor>& bias, double eps,
                          ForwardKernel kernel,
-                         std::optional<c10::ScalarType> output_dtype = std::nullopt);
+                         std::optional<c10::ScalarType> output_dtype = std::nullopt,
+                         bool with_stats = true);
 
 TensorTriple run_backward(const Tensor& grad_out, const Tensor& input,
                           c10::SymIntArrayRef normalized_shape,

@@ -265,3 +265,76 @@ def test_backward_twice_with_retain_graph(device):
         second = torch.autograd.grad(y, (x, w, b), g)
         for a, e in zip(first, second):
             torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------
+# Calls no graph records (inference): the op below autograd, no statistics stored
+# --------------------------------------------------------------------------------------
+
+# (rows, N, input dtype, parameter dtype): the CUDA kernels' families (the short-row
+# kernel at float32 N = 64 and 16-bit N = 768, one-pass and persistent register kernels,
+# shifted rows, clusters, the fallback beyond the tables) and float64.
+UNRECORDED_CASES = [(5, 64, torch.float32, torch.float32), (33, 768, torch.bfloat16, torch.bfloat16),
+                    (33, 768, torch.float16, torch.float32), (17, 256, torch.bfloat16, torch.bfloat16),
+                    (9, 1000, torch.float16, torch.float16), (3, 4099, torch.bfloat16, torch.float32),
+                    (2, 65536, torch.float32, torch.float32), (3, 100, torch.float64, torch.float64),
+                    (0, 16, torch.float32, torch.float32), (4, 0, torch.float32, torch.float32)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows,n,dtype,wdtype", UNRECORDED_CASES, ids=str)
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "no_requires_grad"])
+def test_unrecorded_call_matches_recorded(device, rows, n, dtype, wdtype, context):
+    """A call no graph records (grad mode off, inference mode, or no input requiring
+    grad) runs the op below autograd, whose CUDA kernel stores no mean/rstd: its output
+    is bitwise the recorded call's, which does store them for the backward."""
+    if device == "cpu" and n > 4096:
+        pytest.skip("the CPU path is the same composite either way; long rows cost CI time")
+    x = make_input((rows, n), dtype, device)
+    w, b = make_params([n], wdtype, device)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+    recorded = fastlayernorm.layer_norm(leaves[0], [n], leaves[1], leaves[2], EPS)
+    assert recorded.requires_grad
+    if context == "no_grad":
+        with torch.no_grad():
+            out = fastlayernorm.layer_norm(leaves[0], [n], leaves[1], leaves[2], EPS)
+    elif context == "inference_mode":
+        with torch.inference_mode():
+            out = fastlayernorm.layer_norm(x, [n], w, b, EPS)
+    else:
+        out = fastlayernorm.layer_norm(x, [n], w, b, EPS)
+    assert not out.requires_grad and out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out, recorded.detach())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unrecorded_autocast_call_matches_recorded(device):
+    """The autocast path (half/bfloat16 input, float32 parameters, float32 output) below
+    autograd: bitwise the recorded call's output."""
+    if device == "cpu":
+        pytest.skip("CPU autocast leaves layer_norm alone")
+    for n in (768, 1000, 4096):
+        x = make_input((7, n), torch.bfloat16, device)
+        w, b = make_params([n], torch.float32, device)
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+        with torch.autocast(device, dtype=torch.bfloat16):
+            recorded = fastlayernorm.layer_norm(leaves[0], [n], leaves[1], leaves[2], EPS)
+            with torch.no_grad():
+                out = fastlayernorm.layer_norm(x, [n], w, b, EPS)
+        assert recorded.dtype == out.dtype == torch.float32
+        assert torch.equal(out, recorded.detach())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_ad_still_raises(device):
+    """Forward-mode AD is not implemented: an input with a tangent (and none requiring
+    grad) takes the recorded path and its clear error, not the unrecorded one, which
+    would drop the tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = make_input((3, 8), torch.float32, device)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        assert not dual.requires_grad
+        with pytest.raises(RuntimeError, match="jvp"):
+            fastlayernorm.layer_norm(dual, [8])

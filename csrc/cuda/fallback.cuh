@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kFallbackThreads)
       if (b) v += static_cast<A>(b[j]);
       yr[j] = static_cast<T>(v);
     }
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && mean_out != nullptr) {  // null: not stored (inference)
       mean_out[row] = mean;
       rstd_out[row] = rstd;
     }

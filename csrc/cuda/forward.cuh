@@ -16,6 +16,8 @@ struct ForwardParams {
   const W* w;  // may be null; 16-byte aligned
   const W* b;  // may be null; 16-byte aligned
   O* y;
+  // Both null: the statistics are not stored (a forward whose backward will
+  // not run; not for kernels of shifted rows); else one float per row each.
   float* mean;
   float* rstd;
   int64_t rows;
@@ -495,7 +497,10 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
           }
         }
       }
-      if (thread_in_row == 0) {
+      // (Shifted rows' kernels always store them: with the check their
+      // registers spilled up to 308 bytes, ptxas; their launcher passes real
+      // ones, layer_norm_cuda.cu.)
+      if (thread_in_row == 0 && (SHIFTED || p.mean != nullptr)) {
         p.mean[row] = mean;
         p.rstd[row] = rstd;
       }

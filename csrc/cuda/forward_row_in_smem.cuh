@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
         }
       }
     }
-    if (thread_in_row == 0) {
+    if (thread_in_row == 0 && p.mean != nullptr) {
       p.mean[row] = mean;
       p.rstd[row] = rstd;
     }
