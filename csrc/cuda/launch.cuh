@@ -29,12 +29,6 @@ template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
-// The forward's mean/rstd: undefined where they are not stored (a forward
-// no backward follows: run_forward's with_stats).
-template <typename T>
-T* stats_ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
-}
 template <typename T>
 T* mutable_ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
@@ -296,8 +290,8 @@ template <typename T, typename W, typename O>
 ForwardParams<T, W, O> forward_params(const ForwardArgs& a) {
   return make_forward_params<T, W, O>(
       a.input.const_data_ptr<T>(), ptr_or_null<W>(a.weight), ptr_or_null<W>(a.bias),
-      a.output.mutable_data_ptr<O>(), stats_ptr_or_null<float>(a.mean),
-      stats_ptr_or_null<float>(a.rstd), a.rows, static_cast<int>(a.cols),
+      a.output.mutable_data_ptr<O>(), mutable_ptr_or_null<float>(a.mean),
+      mutable_ptr_or_null<float>(a.rstd), a.rows, static_cast<int>(a.cols),
       static_cast<float>(a.eps));
 }
 template <typename T, typename W, typename G>
@@ -549,8 +543,8 @@ void launch_forward(const ForwardArgs& a) {
       a.rows, 8 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   ln_fwd_fallback_kernel<T, W, A><<<static_cast<unsigned>(grid), kFallbackThreads, 0, stream>>>(
       a.input.const_data_ptr<T>(), ptr_or_null<W>(a.weight), ptr_or_null<W>(a.bias),
-      a.output.mutable_data_ptr<T>(), stats_ptr_or_null<A>(a.mean),
-      stats_ptr_or_null<A>(a.rstd), a.rows, a.cols, static_cast<A>(a.eps));
+      a.output.mutable_data_ptr<T>(), mutable_ptr_or_null<A>(a.mean),
+      mutable_ptr_or_null<A>(a.rstd), a.rows, a.cols, static_cast<A>(a.eps));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
