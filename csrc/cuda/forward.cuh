@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       }
       // (Shifted rows' kernels always store them: with the check their
       // registers spilled up to 308 bytes, ptxas; their launcher passes real
-      // ones, layer_norm_cuda.cu.)
+      // ones, launch_forward_registers.)
       if (thread_in_row == 0 && (SHIFTED || p.mean != nullptr)) {
         p.mean[row] = mean;
         p.rstd[row] = rstd;

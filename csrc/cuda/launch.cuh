@@ -507,7 +507,17 @@ bool launch_forward_registers(const ForwardArgs& a) {
     return false;
   }
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto p = forward_params<T, W, O>(a);
+  // The shifted rows' kernels always store mean/rstd (forward.cuh: with a
+  // null check their registers spilled): a forward that keeps none
+  // (run_forward's with_stats) gives them scratch ones.
+  ForwardArgs scratch;
+  const bool needs_scratch = shifted && !a.mean.defined();
+  if (needs_scratch) {
+    scratch = a;
+    scratch.mean = at::empty({a.rows}, a.input.options().dtype(at::kFloat));
+    scratch.rstd = at::empty({a.rows}, a.input.options().dtype(at::kFloat));
+  }
+  const auto p = forward_params<T, W, O>(needs_scratch ? scratch : a);
   const int64_t row_bytes = row_capacity_bytes<T>(a.cols);
   const bool clusters_ok = hopper_launch_features();
   if constexpr (kShiftedKernels) {

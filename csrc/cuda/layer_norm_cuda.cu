@@ -92,26 +92,17 @@ TensorTriple layer_norm_bwd_upcast_cuda(const Tensor& grad_out, const Tensor& in
                       output_mask, &backward_upcast_kernel, /*float_grad_ok=*/true);
 }
 
-// Rows whose N is not a multiple of `vec` elements (16 bytes of the kernels'
-// element type) run the shifted-row kernels, which always store mean/rstd
-// (forward.cuh): they get them allocated, as for a recorded call.
-bool shifted_rows(c10::SymIntArrayRef normalized_shape, int64_t vec) {
-  int64_t cols = 1;
-  for (const c10::SymInt& d : normalized_shape) cols *= d.guard_int(__FILE__, __LINE__);
-  return cols % vec != 0;
-}
-
 // fastlayernorm::layer_norm / _layer_norm_upcast below autograd (inference
 // mode, or a call no graph records: layer_norm_autograd.cpp): the output
 // only, mean and rstd neither allocated nor stored (forward.cuh's null
-// statistics pointers; docs/kernels.md, session 29), but for shifted rows.
+// statistics pointers; docs/kernels.md, session 29; the shifted rows'
+// kernels get scratch ones, launch.cuh).
 Tensor layer_norm_inference_cuda(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                                  const std::optional<Tensor>& weight,
                                  const std::optional<Tensor>& bias, double eps,
                                  bool /*memory_efficient*/) {
-  const int64_t vec = 16 / static_cast<int64_t>(input.element_size());
   return std::get<0>(run_forward(input, normalized_shape, weight, bias, eps, &forward_kernel,
-                                 std::nullopt, shifted_rows(normalized_shape, vec)));
+                                 std::nullopt, /*with_stats=*/false));
 }
 
 Tensor layer_norm_upcast_inference_cuda(const Tensor& input,
@@ -119,11 +110,8 @@ Tensor layer_norm_upcast_inference_cuda(const Tensor& input,
                                         const std::optional<Tensor>& weight,
                                         const std::optional<Tensor>& bias, double eps) {
   check_upcast_args(input, weight, bias);
-  // (Shifted 16-bit rows are widened to float32 rows first, whose kernels are
-  // shifted unless N is a multiple of 4: 8 covers both.)
   return std::get<0>(run_forward(input, normalized_shape, weight, bias, eps,
-                                 &forward_upcast_kernel, at::kFloat,
-                                 shifted_rows(normalized_shape, 8)));
+                                 &forward_upcast_kernel, at::kFloat, /*with_stats=*/false));
 }
 
 }  // namespace
