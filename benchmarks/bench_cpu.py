@@ -8,7 +8,8 @@ Run from the repository root (after building the extension)::
 For each dtype it times, in the same process and with the same thread count
 (``torch.get_num_threads()``, or ``--threads``):
 
-* forward: ``torch.ops.fastlayernorm.layer_norm_fwd`` against
+* forward: ``torch.ops.fastlayernorm._layer_norm_fwd_pairs`` (the forward the
+  autograd path runs: ``layer_norm_fwd`` with mean/rstd as (mean, rstd) pairs) against
   ``torch.nn.functional.layer_norm``, both called under ``torch.no_grad()``;
 * backward: ``torch.ops.fastlayernorm.layer_norm_bwd`` against
   ``torch.ops.aten.native_layer_norm_backward``, both direct op calls with the
@@ -66,12 +67,13 @@ def bench(rows: int, cols: int, dtype: torch.dtype, warmup: int, reps: int):
     fln = torch.ops.fastlayernorm
     with torch.no_grad():
         t_fwd_fln, t_fwd_ref = median_times(
-            [lambda: fln.layer_norm_fwd(x, shape, w, b, EPS), lambda: F.layer_norm(x, shape, w, b, EPS)],
+            [lambda: fln._layer_norm_fwd_pairs(x, shape, w, b, EPS), lambda: F.layer_norm(x, shape, w, b, EPS)],
             warmup, reps)
         # Each backward gets the statistics its own forward saved: the same values,
         # but torch's CPU kernel keeps them in the input dtype for bf16/fp16
         # while fastlayernorm keeps them in float32.
-        _, mean, rstd = fln.layer_norm_fwd(x, shape, w, b, EPS)
+        _, pairs = fln._layer_norm_fwd_pairs(x, shape, w, b, EPS)  # as autograd saves them
+        mean, rstd = pairs[..., 0], pairs[..., 1]
         _, mean_ref, rstd_ref = torch.ops.aten.native_layer_norm(x, shape, w, b, EPS)
         mask = [True, True, True]
         t_bwd_fln, t_bwd_ref = median_times(

@@ -6,6 +6,9 @@ one call each inside a cudaProfilerStart/Stop range, for Nsight Compute:
 
 Everything is compiled and warmed up before the range, so only the timed
 kernels are profiled (torch.compile's on an input without grad: one kernel).
+With --train the inputs require grad and only the forward runs: the kernels
+of a training step's forward, which store mean/rstd for the backward
+(torch.compile's training graph saves them too).
 """
 import argparse
 
@@ -19,6 +22,8 @@ ap.add_argument("--sizes", default="1024,4096")
 ap.add_argument("--dtype", default="bfloat16")
 ap.add_argument("--elements-log2", type=int, default=26)
 ap.add_argument("--bwd", action="store_true")
+ap.add_argument("--train", action="store_true",
+                help="inputs requiring grad, forward only (the forward of a training step)")
 args = ap.parse_args()
 
 providers = {"fastlayernorm": fastlayernorm.layer_norm}
@@ -35,9 +40,10 @@ dtype = getattr(torch, args.dtype)
 calls = []
 for n in (int(s) for s in args.sizes.split(",")):
     rows = 2**args.elements_log2 // n
-    x = torch.randn(rows, n, device="cuda", dtype=dtype, requires_grad=args.bwd)
-    w = (1 + 0.1 * torch.randn(n, device="cuda")).to(dtype).requires_grad_(args.bwd)
-    b = (0.1 * torch.randn(n, device="cuda")).to(dtype).requires_grad_(args.bwd)
+    grad = args.bwd or args.train
+    x = torch.randn(rows, n, device="cuda", dtype=dtype, requires_grad=grad)
+    w = (1 + 0.1 * torch.randn(n, device="cuda")).to(dtype).requires_grad_(grad)
+    b = (0.1 * torch.randn(n, device="cuda")).to(dtype).requires_grad_(grad)
     dy = torch.randn(rows, n, device="cuda", dtype=dtype)
     for name, fn in providers.items():
         def call(fn=fn, x=x, w=w, b=b, dy=dy, n=n):

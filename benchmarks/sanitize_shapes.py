@@ -36,11 +36,20 @@ def check(rows, n, dtype, wdtype, offset=0):
     w = (1 + 0.1 * torch.randn(n, device="cuda", generator=g)).to(wdtype)
     b = (0.1 * torch.randn(n, device="cuda", generator=g)).to(wdtype)
     dy = torch.randn(rows, n, device="cuda", dtype=dtype, generator=g)
-    y, mean, rstd = ops.layer_norm_fwd(x, [n], w, b, 1e-5)
+    # The statistics as the autograd Functions save them: the columns of one
+    # tensor of (mean, rstd) pairs, which the backward reads in place.
+    y, pairs = ops._layer_norm_fwd_pairs(x, [n], w, b, 1e-5)
+    mean, rstd = pairs[..., 0], pairs[..., 1]
     dx, dw, db = ops.layer_norm_bwd(dy, x, [n], mean, rstd, w, b, [True, True, True])
     ops.layer_norm_bwd_from_output(dy, y, [n], rstd, w, b, [True, True, True])
     ops.layer_norm_bwd(dy, x, [n], mean, rstd, None, None, [True, False, False])
+    # layer_norm_fwd: mean and rstd as tensors of their own (copied from the pairs).
+    y2, mean2, rstd2 = ops.layer_norm_fwd(x, [n], w, b, 1e-5)
     torch.cuda.synchronize()
+    if not (torch.equal(y2, y) and torch.equal(mean2, mean) and torch.equal(rstd2, rstd)):
+        print(f"FAIL rows={rows} n={n} {dtype}: layer_norm_fwd differs from _layer_norm_fwd_pairs",
+              flush=True)
+        return False
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
     errs = [rel(a.cpu(), e) for a, e in zip((y, dx, dw, db), reference(x, w, b, dy, n))]
     status = "ok" if all(e <= tol for e in errs) else "FAIL"  # NaN fails
@@ -197,13 +206,16 @@ def check_unrecorded_forward():
 
 def check_short_row_entries():
     """The forward's short-row kernel (session 29, forward_short_rows.cuh: rows within a
-    warp, weight/bias in registers) at each of its entries: float32 N = 64 (persistent,
-    one row ahead), 16-bit N = 768 with float32 weights (persistent, two rows ahead) and
-    with weights of their dtype (one pass); more rows than one round of the persistent
-    grids and a partial last round, one row, and row counts that leave CTAs or row slots
-    without rows."""
+    warp, weight/bias in registers) at each of its entries: 16-bit N = 768 with float32
+    weights (persistent, two rows ahead) and with weights of their dtype (one pass);
+    more rows than one round of the persistent grids and a partial last round, one row,
+    and row counts that leave CTAs or row slots without rows. Also float32 N = 64 and
+    128, exact-row entries of one-pass 64-byte threads since session 30 (v36 took the
+    short-row kernel for N = 64)."""
     return check_shapes(((20001, 64, torch.float32, torch.float32),
                          (1, 64, torch.float32, torch.float32),
+                         (20003, 128, torch.float32, torch.float32),
+                         (3, 128, torch.float32, torch.float32),
                          (5001, 768, torch.bfloat16, torch.float32),
                          (4003, 768, torch.float16, torch.float32),
                          (2, 768, torch.bfloat16, torch.float32),

@@ -12,6 +12,13 @@ template <ForwardKernel kForward>
 TensorTriple layer_norm_fwd_impl(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                                  const std::optional<Tensor>& weight,
                                  const std::optional<Tensor>& bias, double eps) {
+  return with_separate_stats(run_forward(input, normalized_shape, weight, bias, eps, kForward));
+}
+
+template <ForwardKernel kForward>
+TensorPair layer_norm_fwd_pairs_impl(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                     const std::optional<Tensor>& weight,
+                                     const std::optional<Tensor>& bias, double eps) {
   return run_forward(input, normalized_shape, weight, bias, eps, kForward);
 }
 
@@ -40,6 +47,7 @@ TensorTriple layer_norm_bwd_from_output_impl(const Tensor& grad_out, const Tenso
 template <ForwardKernel kForward, BackwardKernel kBackward>
 void impl_backend_ops(torch::Library& m) {
   m.impl("layer_norm_fwd", &layer_norm_fwd_impl<kForward>);
+  m.impl("_layer_norm_fwd_pairs", &layer_norm_fwd_pairs_impl<kForward>);
   m.impl("layer_norm_bwd", &layer_norm_bwd_impl<kBackward>);
   m.impl("layer_norm_bwd_from_output", &layer_norm_bwd_from_output_impl<kBackward>);
 }

@@ -17,6 +17,7 @@ namespace fastlayernorm {
 
 using at::Tensor;
 using TensorTriple = std::tuple<Tensor, Tensor, Tensor>;
+using TensorPair = std::tuple<Tensor, Tensor>;
 
 // 16-bit floating inputs: they may come with float32 weight and bias, and
 // autocast gives them a float32 output.
@@ -66,6 +67,19 @@ c10::ScalarType stats_dtype(c10::ScalarType input_dtype);
 // the normalized dimensions set to 1.
 c10::SymDimVector stats_shape(const Tensor& input, int64_t normalized_ndim);
 
+// The forward's statistics, allocated as one tensor of (mean, rstd) pairs:
+// the stats shape with a trailing dimension of 2, contiguous, so that a row's
+// two values are adjacent (the CUDA kernels store a row's pair with one
+// 8-byte store: docs/kernels.md session 30). mean and rstd are its two
+// columns (views of stride 2). fastlayernorm::_layer_norm_fwd_pairs returns
+// the pairs (the autograd Functions save its columns); layer_norm_fwd returns
+// mean and rstd as tensors of their own, as aten::native_layer_norm does.
+Tensor empty_stats_pairs(const Tensor& input, int64_t normalized_ndim);
+std::pair<Tensor, Tensor> mean_and_rstd_of(const Tensor& stats_pairs);
+// (output, stats pairs) -> (output, mean, rstd), mean and rstd contiguous
+// copies of the pairs' columns (undefined without statistics).
+TensorTriple with_separate_stats(const TensorPair& output_and_pairs);
+
 // Row shape of concrete tensors (after the checks passed).
 RowShape row_shape(const Tensor& input, int64_t normalized_ndim);
 
@@ -79,13 +93,18 @@ struct ForwardArgs {
   Tensor input, weight, bias;
   int64_t rows, cols;
   double eps;
-  Tensor output, mean, rstd;
+  Tensor output;
+  // rows x 2: each row's (mean, rstd) pair (empty_stats_pairs); undefined
+  // when the statistics are not stored.
+  Tensor stats;
 };
 
-// With from_output, `input` holds the forward's output and mean is undefined:
-// the kernel rebuilds x_hat = (output - bias) / weight.
+// With from_output, `input` holds the forward's output and the pairs' means
+// are not read: the kernel rebuilds x_hat = (output - bias) / weight.
 struct BackwardArgs {
-  Tensor grad_out, input, mean, rstd, weight, bias;
+  Tensor grad_out, input;
+  Tensor stats;  // rows x 2: each row's (mean, rstd) pair
+  Tensor weight, bias;
   int64_t rows, cols;
   bool from_output;
   Tensor grad_input, grad_weight, grad_bias;
@@ -99,13 +118,15 @@ using BackwardKernel = void (*)(const BackwardArgs&);
 // output_dtype: the output's dtype when not the input's (the autocast path's
 // float32). with_stats false: mean and rstd are neither allocated nor
 // stored (undefined in ForwardArgs and in the result), for a forward no
-// backward follows. float_grad_ok: as in check_backward_args.
-TensorTriple run_forward(const Tensor& input, c10::SymIntArrayRef normalized_shape,
-                         const std::optional<Tensor>& weight,
-                         const std::optional<Tensor>& bias, double eps,
-                         ForwardKernel kernel,
-                         std::optional<c10::ScalarType> output_dtype = std::nullopt,
-                         bool with_stats = true);
+// backward follows. run_forward returns (output, stats pairs), the pairs of
+// empty_stats_pairs. float_grad_ok: as in check_backward_args. The backward
+// reads mean and rstd in place when they are the two columns of such pairs
+// (what the autograd Functions save), else from pairs copied from them.
+TensorPair run_forward(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                       const std::optional<Tensor>& weight,
+                       const std::optional<Tensor>& bias, double eps, ForwardKernel kernel,
+                       std::optional<c10::ScalarType> output_dtype = std::nullopt,
+                       bool with_stats = true);
 
 TensorTriple run_backward(const Tensor& grad_out, const Tensor& input,
                           c10::SymIntArrayRef normalized_shape,

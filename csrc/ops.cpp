@@ -14,10 +14,14 @@ c10::TypedOperatorHandle<Signature> handle(const char* name) {
 }
 
 // The forward and backward operators share their signatures with the
-// autocast path's (_layer_norm_fwd_upcast / _layer_norm_bwd_upcast).
+// autocast path's (_layer_norm_fwd_upcast / _layer_norm_bwd_upcast; the
+// forwards returning the statistics as pairs: PairsForwardSignature).
 using ForwardSignature = TensorTriple(const Tensor&, c10::SymIntArrayRef,
                                       const std::optional<Tensor>&,
                                       const std::optional<Tensor>&, double);
+using PairsForwardSignature = TensorPair(const Tensor&, c10::SymIntArrayRef,
+                                         const std::optional<Tensor>&,
+                                         const std::optional<Tensor>&, double);
 using BackwardSignature = TensorTriple(const Tensor&, const Tensor&, c10::SymIntArrayRef,
                                        const Tensor&, const Tensor&,
                                        const std::optional<Tensor>&,
@@ -30,6 +34,13 @@ TensorTriple layer_norm_fwd(const Tensor& input,
                             const std::optional<Tensor>& weight,
                             const std::optional<Tensor>& bias, double eps) {
   static auto op = handle<ForwardSignature>("fastlayernorm::layer_norm_fwd");
+  return op.call(input, normalized_shape, weight, bias, eps);
+}
+
+TensorPair layer_norm_fwd_pairs(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                const std::optional<Tensor>& weight,
+                                const std::optional<Tensor>& bias, double eps) {
+  static auto op = handle<PairsForwardSignature>("fastlayernorm::_layer_norm_fwd_pairs");
   return op.call(input, normalized_shape, weight, bias, eps);
 }
 
@@ -70,11 +81,10 @@ Tensor layer_norm(const Tensor& input, c10::SymIntArrayRef normalized_shape,
   return op.call(input, normalized_shape, weight, bias, eps, memory_efficient);
 }
 
-TensorTriple layer_norm_fwd_upcast(const Tensor& input,
-                                   c10::SymIntArrayRef normalized_shape,
-                                   const std::optional<Tensor>& weight,
-                                   const std::optional<Tensor>& bias, double eps) {
-  static auto op = handle<ForwardSignature>("fastlayernorm::_layer_norm_fwd_upcast");
+TensorPair layer_norm_fwd_upcast(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                 const std::optional<Tensor>& weight,
+                                 const std::optional<Tensor>& bias, double eps) {
+  static auto op = handle<PairsForwardSignature>("fastlayernorm::_layer_norm_fwd_upcast");
   return op.call(input, normalized_shape, weight, bias, eps);
 }
 

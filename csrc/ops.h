@@ -11,6 +11,11 @@ TensorTriple layer_norm_fwd(const Tensor& input,
                             const std::optional<Tensor>& weight,
                             const std::optional<Tensor>& bias, double eps);
 
+// (output, stats pairs): registration.cpp's _layer_norm_fwd_pairs.
+TensorPair layer_norm_fwd_pairs(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                const std::optional<Tensor>& weight,
+                                const std::optional<Tensor>& bias, double eps);
+
 TensorTriple layer_norm_bwd(const Tensor& grad_out, const Tensor& input,
                             c10::SymIntArrayRef normalized_shape,
                             const Tensor& mean, const Tensor& rstd,
@@ -32,11 +37,11 @@ Tensor layer_norm(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                   bool memory_efficient);
 
 // Autocast's float32 path (registration.cpp): half/bfloat16 input, float32
-// output and grad_out, float32 or no weight/bias.
-TensorTriple layer_norm_fwd_upcast(const Tensor& input,
-                                   c10::SymIntArrayRef normalized_shape,
-                                   const std::optional<Tensor>& weight,
-                                   const std::optional<Tensor>& bias, double eps);
+// output and grad_out, float32 or no weight/bias; the forward returns
+// (output, stats pairs).
+TensorPair layer_norm_fwd_upcast(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                 const std::optional<Tensor>& weight,
+                                 const std::optional<Tensor>& bias, double eps);
 
 TensorTriple layer_norm_bwd_upcast(const Tensor& grad_out, const Tensor& input,
                                    c10::SymIntArrayRef normalized_shape,

@@ -25,6 +25,12 @@ TORCH_LIBRARY(fastlayernorm, m) {
       "layer_norm_bwd(Tensor grad_out, Tensor input, SymInt[] normalized_shape, "
       "Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, bool[3] "
       "output_mask) -> (Tensor, Tensor, Tensor)");
+  // layer_norm_fwd with the statistics as one tensor of (mean, rstd) pairs,
+  // the stats shape with a trailing 2 (internal: what the autograd Functions
+  // save, stored by one 8-byte store per row on CUDA).
+  m.def(
+      "_layer_norm_fwd_pairs(Tensor input, SymInt[] normalized_shape, Tensor? weight, "
+      "Tensor? bias, float eps) -> (Tensor, Tensor)");
   // Memory-saving backward: rebuilds the normalized input from the forward's
   // output (x_hat = (output - bias) / weight), so the input need not be kept.
   m.def(
@@ -37,11 +43,12 @@ TORCH_LIBRARY(fastlayernorm, m) {
       "Tensor? bias=None, float eps=1e-05, bool memory_efficient=False) -> Tensor");
   // Autocast's float32 path without widening the input first (internal):
   // half/bfloat16 input, float32 (or no) weight/bias; the output, mean, rstd
-  // are float32; the backward takes a float32 grad_out and returns grad_input
-  // in the input's dtype. _layer_norm_upcast is the differentiable one.
+  // are float32 (the forward returns them as _layer_norm_fwd_pairs does); the
+  // backward takes a float32 grad_out and returns grad_input in the input's
+  // dtype. _layer_norm_upcast is the differentiable one.
   m.def(
       "_layer_norm_fwd_upcast(Tensor input, SymInt[] normalized_shape, Tensor? "
-      "weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+      "weight, Tensor? bias, float eps) -> (Tensor, Tensor)");
   m.def(
       "_layer_norm_bwd_upcast(Tensor grad_out, Tensor input, SymInt[] "
       "normalized_shape, Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, "

@@ -54,6 +54,18 @@ def test_opcheck_layer_norm(device, dtype, shape, normalized_shape, requires_gra
 def test_opcheck_layer_norm_fwd(device, dtype, shape, normalized_shape, requires_grad, affine):
     x, w, b = _args(shape, normalized_shape, dtype, device, "w" in affine, "b" in affine, requires_grad)
     torch.library.opcheck(ops.layer_norm_fwd.default, (x, normalized_shape, w, b, EPS))
+    if not requires_grad:  # internal, not differentiable: its error is checked below
+        torch.library.opcheck(ops._layer_norm_fwd_pairs.default, (x, normalized_shape, w, b, EPS))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fwd_pairs_not_differentiable(device):
+    """_layer_norm_fwd_pairs (internal: what the autograd Functions call below autograd)
+    has no derivative: a clear error, never a silent zero gradient."""
+    x, w, b = _args((4, 16), [16], torch.float32, device, True, True, True)
+    y, pairs = ops._layer_norm_fwd_pairs(x, [16], w, b, EPS)
+    with pytest.raises(RuntimeError, match="derivative for fastlayernorm::_layer_norm_fwd_pairs"):
+        y.sum().backward()
 
 
 def _bwd_args(shape, normalized_shape, dtype, device, weight, bias):

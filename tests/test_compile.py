@@ -101,7 +101,8 @@ def _ops_in(graphs):
 @pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_compile_traces_custom_ops(device, memory_efficient, dtype, dynamo_reset):
-    """The compiled forward calls fastlayernorm.layer_norm_fwd and the compiled backward
+    """The compiled forward calls fastlayernorm._layer_norm_fwd_pairs (the forward the
+    autograd Function runs: the statistics as (mean, rstd) pairs) and the compiled backward
     the backward op chosen by memory_efficient; results equal eager exactly (the same
     kernels run)."""
     backend = _recording_backend()
@@ -117,7 +118,7 @@ def test_compile_traces_custom_ops(device, memory_efficient, dtype, dynamo_reset
     for a, e in zip((compiled[0], compiled[1], *compiled[2].values()), (eager[0], eager[1], *eager[2].values())):
         torch.testing.assert_close(a, e, rtol=0, atol=0)
     fw, bw = _ops_in(backend.fw_graphs), _ops_in(backend.bw_graphs)
-    assert "fastlayernorm.layer_norm_fwd.default" in fw, fw
+    assert "fastlayernorm._layer_norm_fwd_pairs.default" in fw, fw
     expected_bwd = "fastlayernorm.layer_norm_bwd_from_output.default" if memory_efficient \
         else "fastlayernorm.layer_norm_bwd.default"
     assert expected_bwd in bw, bw

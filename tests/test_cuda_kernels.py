@@ -237,9 +237,10 @@ def test_forward_short_rows(dtype, wdtype, params):
     """Short rows, where the fast-memory tables take the short-row kernel
     (forward_short_rows.cuh: a row within a warp, weight/bias in registers for all of a
     CTA's rows; persistent with one or two rows loading ahead, or one pass) for the rows
-    that fill its mapping (float32 N = 64, 16-bit N = 768), and the sizes and the other
-    entries beside them (N = 56-1032); row counts from one row to several rounds of the
-    persistent grids with a partial last round, with and without weight and bias."""
+    that fill its mapping (16-bit N = 768; float32 N = 64 until session 30, now with 128
+    on exact-row one-pass entries), and the sizes and the other entries beside them (N =
+    56-1032); row counts from one row to several rounds of the persistent grids with a
+    partial last round, with and without weight and bias."""
     for n in (56, 64, 72, 120, 128, 136, 248, 256, 264, 504, 512, 520, 760, 768, 776, 1016, 1024,
               1032):
         for rows in (1, 5, 33, 20001):

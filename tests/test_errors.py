@@ -25,6 +25,7 @@ def forward_entry_points():
     """Each callable takes (x, normalized_shape, weight, bias, eps)."""
     return {
         "layer_norm_fwd": lambda x, s, w, b, e: ops.layer_norm_fwd(x, s, w, b, e),
+        "_layer_norm_fwd_pairs": lambda x, s, w, b, e: ops._layer_norm_fwd_pairs(x, s, w, b, e),
         "layer_norm": lambda x, s, w, b, e: ops.layer_norm(x, s, w, b, e, False),
         "layer_norm_mem_eff": lambda x, s, w, b, e: ops.layer_norm(x, s, w, b, e, True),
         "functional": lambda x, s, w, b, e: fastlayernorm.layer_norm(x, s, w, b, e),

@@ -310,6 +310,76 @@ def test_stats_match_native_layer_norm(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+def test_stats_pairs(device, dtype):
+    """_layer_norm_fwd_pairs (what the autograd Functions save): the statistics as one
+    tensor of (mean, rstd) pairs, a row's two values adjacent (the CUDA kernels store
+    them with one 8-byte store), bitwise layer_norm_fwd's, whose mean and rstd are
+    tensors of their own (contiguous, as aten::native_layer_norm's); the Meta kernels
+    give the same shapes and strides (torch.compile)."""
+    x = make_input((3, 5, 2, 64), dtype, device)
+    w, b = make_params([2, 64], dtype, device)
+    y, mean, rstd = ops.layer_norm_fwd(x, [2, 64], w, b, EPS)
+    y2, pairs = ops._layer_norm_fwd_pairs(x, [2, 64], w, b, EPS)
+    assert pairs.shape == (3, 5, 1, 1, 2) and pairs.is_contiguous()
+    assert pairs.dtype == mean.dtype == _stats_dtype(dtype)
+    assert mean.is_contiguous() and rstd.is_contiguous()
+    assert mean.untyped_storage().data_ptr() != rstd.untyped_storage().data_ptr()
+    assert torch.equal(y2, y)
+    assert torch.equal(pairs[..., 0], mean) and torch.equal(pairs[..., 1], rstd)
+    meta = [t.to("meta") for t in (x, w, b)]
+    fake_y, fake_pairs = ops._layer_norm_fwd_pairs(meta[0], [2, 64], meta[1], meta[2], EPS)
+    assert fake_pairs.shape == pairs.shape and fake_pairs.stride() == pairs.stride()
+    _, fake_mean, fake_rstd = ops.layer_norm_fwd(meta[0], [2, 64], meta[1], meta[2], EPS)
+    assert fake_mean.stride() == mean.stride() and fake_rstd.stride() == rstd.stride()
+
+
+def _uneven_rows(t, a, b):
+    """t's values (a * b of them) in a tensor whose rows are not evenly spaced."""
+    base = torch.full((a, b + 1), float("nan"), dtype=t.dtype, device=t.device)
+    base[:, :b] = t.reshape(a, b)
+    return base[:, :b]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("a,b,n", [(2, 3, 64), (4, 9, 1000), (2, 4, 4099), (10, 30, 768),
+                                   (1, 2, 65537), (16, 64, 256)])
+def test_backward_reads_stats_of_any_layout(device, dtype, a, b, n):
+    """layer_norm_bwd (and its from-output form) read mean/rstd in place at their row
+    stride (the forward's pairs: 2, contiguous: 1, here also 3) and from contiguous
+    copies where the rows are unevenly spaced or the two differ: the same bits."""
+    rows = a * b
+    x = make_input((rows, n), dtype, device)
+    w, b_ = make_params([n], dtype, device)
+    g = make_grad((rows, n), dtype, device)
+    y, pairs = ops._layer_norm_fwd_pairs(x, [n], w, b_, EPS)
+    mean, rstd = pairs[..., 0], pairs[..., 1]  # what the autograd Functions save
+    assert mean.stride() == rstd.stride() == (2, 2)
+    want = ops.layer_norm_bwd(g, x, [n], mean, rstd, w, b_, ALL_TRUE)
+    want_o = ops.layer_norm_bwd_from_output(g, y, [n], rstd, w, b_, ALL_TRUE)
+
+    def stride3(t):
+        base = torch.full((rows, 3), float("nan"), dtype=t.dtype, device=device)
+        base[:, 1] = t.reshape(rows)
+        return base[:, 1]
+
+    layouts = {
+        "contiguous": (mean.contiguous(), rstd.contiguous()),
+        "stride 3": (stride3(mean), stride3(rstd)),
+        "uneven": (_uneven_rows(mean, a, b), _uneven_rows(rstd, a, b)),
+        "mixed": (mean.contiguous(), rstd),
+    }
+    for name, (m, r) in layouts.items():
+        got = ops.layer_norm_bwd(g, x, [n], m, r, w, b_, ALL_TRUE)
+        for k, u, v in zip(("dx", "dw", "db"), got, want):
+            assert torch.equal(u, v), f"{name}: {k}"
+        got_o = ops.layer_norm_bwd_from_output(g, y, [n], r, w, b_, ALL_TRUE)
+        for k, u, v in zip(("dx", "dw", "db"), got_o, want_o):
+            assert torch.equal(u, v), f"{name} (from output): {k}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("eps", [0.0, 1e-6, 1e-3, 0.5])
 def test_eps(device, dtype, eps):

@@ -59,11 +59,12 @@ for case in args.cases.split(","):
         b = (0.1 * torch.randn(n, device="cuda", generator=g)).to(dtype)
         elem = x.element_size()
         if direction == "fwd":
-            fn = lambda: torch.ops.fastlayernorm.layer_norm_fwd(x, [n], w, b, 1e-5)  # noqa: E731
+            fn = lambda: torch.ops.fastlayernorm._layer_norm_fwd_pairs(x, [n], w, b, 1e-5)  # noqa: E731
             nbytes = 2 * x.numel() * elem + 2 * n * elem + rows * 8
             copy_elems = 2 * x.numel()  # read + write, as src/dst of half each
         else:  # bwd: dx, dweight, dbias; bwdx: dx only (no partial rows, no finalize)
-            y, mean, rstd = torch.ops.fastlayernorm.layer_norm_fwd(x, [n], w, b, 1e-5)
+            y, pairs = torch.ops.fastlayernorm._layer_norm_fwd_pairs(x, [n], w, b, 1e-5)
+            mean, rstd = pairs[..., 0], pairs[..., 1]
             dy = torch.randn_like(x)
             mask = [True, direction == "bwd", direction == "bwd"]
             fn = lambda: torch.ops.fastlayernorm.layer_norm_bwd(  # noqa: E731

@@ -28,12 +28,12 @@ void check_upcast_args(const Tensor& input, const std::optional<Tensor>& weight,
   }
 }
 
-TensorTriple layer_norm_fwd_upcast_composite(const Tensor& input,
-                                             c10::SymIntArrayRef normalized_shape,
-                                             const std::optional<Tensor>& weight,
-                                             const std::optional<Tensor>& bias, double eps) {
+TensorPair layer_norm_fwd_upcast_composite(const Tensor& input,
+                                           c10::SymIntArrayRef normalized_shape,
+                                           const std::optional<Tensor>& weight,
+                                           const std::optional<Tensor>& bias, double eps) {
   check_upcast_args(input, weight, bias);
-  return ops::layer_norm_fwd(input.to(at::kFloat), normalized_shape, weight, bias, eps);
+  return ops::layer_norm_fwd_pairs(input.to(at::kFloat), normalized_shape, weight, bias, eps);
 }
 
 TensorTriple layer_norm_bwd_upcast_composite(const Tensor& grad_out, const Tensor& input,

@@ -11,10 +11,10 @@ namespace fastlayernorm {
 void check_upcast_args(const Tensor& input, const std::optional<Tensor>& weight,
                        const std::optional<Tensor>& bias);
 
-TensorTriple layer_norm_fwd_upcast_composite(const Tensor& input,
-                                             c10::SymIntArrayRef normalized_shape,
-                                             const std::optional<Tensor>& weight,
-                                             const std::optional<Tensor>& bias, double eps);
+TensorPair layer_norm_fwd_upcast_composite(const Tensor& input,
+                                           c10::SymIntArrayRef normalized_shape,
+                                           const std::optional<Tensor>& weight,
+                                           const std::optional<Tensor>& bias, double eps);
 
 TensorTriple layer_norm_bwd_upcast_composite(const Tensor& grad_out, const Tensor& input,
                                              c10::SymIntArrayRef normalized_shape,

@@ -40,9 +40,13 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction<kUp
                         const std::optional<Tensor>& bias, double eps,
                         bool memory_efficient) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, mean, rstd] =
+    // mean and rstd saved as the columns of one tensor of (mean, rstd)
+    // pairs (layer_norm.h's empty_stats_pairs): the backward reads them in
+    // place.
+    const auto [output, stats] =
         kUpcast ? ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps)
-                : ops::layer_norm_fwd(input, normalized_shape, weight, bias, eps);
+                : ops::layer_norm_fwd_pairs(input, normalized_shape, weight, bias, eps);
+    const auto [mean, rstd] = mean_and_rstd_of(stats);
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->saved_data["memory_efficient"] = memory_efficient;
     const Tensor w = weight.value_or(Tensor());
@@ -196,7 +200,7 @@ Tensor layer_norm_below_autograd(const Tensor& input,
                                  const std::optional<Tensor>& bias, double eps,
                                  bool /*memory_efficient*/) {
   return std::get<0>(
-      ops::layer_norm_fwd(input, normalized_shape, weight, bias, eps));
+      ops::layer_norm_fwd_pairs(input, normalized_shape, weight, bias, eps));
 }
 
 Tensor layer_norm_upcast_below_autograd(const Tensor& input,
@@ -211,6 +215,7 @@ Tensor layer_norm_upcast_below_autograd(const Tensor& input,
 TORCH_LIBRARY_IMPL(fastlayernorm, Autograd, m) {
   m.impl("layer_norm", &layer_norm_autograd);
   m.impl("layer_norm_fwd", &layer_norm_fwd_autograd);
+  m.impl("_layer_norm_fwd_pairs", torch::autograd::autogradNotImplementedFallback());
   // Double backward is not implemented: a clear error instead of a silent
   // zero gradient.
   m.impl("layer_norm_bwd", torch::autograd::autogradNotImplementedFallback());

@@ -45,8 +45,7 @@ struct ForwardParams {
   const W* w;
   const W* b;
   T* y;
-  acc_t<T>* mean;
-  acc_t<T>* rstd;
+  acc_t<T>* stats;  // (mean, rstd) pairs, one per row
   int64_t N;
   acc_t<T> eps;
 };
@@ -55,8 +54,7 @@ template <typename T, typename W>
 struct BackwardParams {
   const T* dy;
   const T* x;  // the input, or the forward's output with from_output
-  const acc_t<T>* mean;  // null with from_output
-  const acc_t<T>* rstd;
+  const acc_t<T>* stats;  // (mean, rstd) pairs; the means unread with from_output
   const W* w;
   const W* b;  // only read with from_output
   T* dx;
@@ -152,8 +150,7 @@ void forward_rows(const ForwardArgs& a) {
       a.weight.defined() ? a.weight.const_data_ptr<W>() : nullptr,
       a.bias.defined() ? a.bias.const_data_ptr<W>() : nullptr,
       a.output.mutable_data_ptr<T>(),
-      a.mean.mutable_data_ptr<A>(),
-      a.rstd.mutable_data_ptr<A>(),
+      a.stats.mutable_data_ptr<A>(),
       a.cols,
       static_cast<A>(a.eps)};
   // Rows are independent: any split gives the same result.
@@ -187,8 +184,7 @@ void backward_rows(const BackwardArgs& a) {
   const cpu::BackwardParams<T, W> p{
       a.grad_out.const_data_ptr<T>(),
       a.input.const_data_ptr<T>(),
-      a.from_output ? nullptr : a.mean.const_data_ptr<A>(),
-      a.rstd.const_data_ptr<A>(),
+      a.stats.const_data_ptr<A>(),
       a.weight.defined() ? a.weight.const_data_ptr<W>() : nullptr,
       a.bias.defined() ? a.bias.const_data_ptr<W>() : nullptr,
       a.grad_input.defined() ? a.grad_input.mutable_data_ptr<T>() : nullptr,

@@ -107,8 +107,8 @@ FASTLAYERNORM_FLATTEN void forward_row(const ForwardParams<T, W>& p, int64_t r,
     if constexpr (kBias) v = v + load(b + j, n);
     store(y + j, v, n);
   });
-  p.mean[r] = mean;
-  p.rstd[r] = rstd;
+  p.stats[2 * r] = mean;
+  p.stats[2 * r + 1] = rstd;
 }
 
 template <typename T, typename W, bool kWeight, bool kBias>
@@ -167,8 +167,8 @@ FASTLAYERNORM_FLATTEN void backward_row(const BackwardParams<T, W>& p, int64_t r
   T* dx = p.dx ? p.dx + r * N : nullptr;
   const W* w = p.w;
   const W* b = p.b;
-  const Vec<A> mean(kFromOutput ? A(0) : p.mean[r]);
-  const Vec<A> rstd(p.rstd[r]);
+  const Vec<A> mean(kFromOutput ? A(0) : p.stats[2 * r]);
+  const Vec<A> rstd(p.stats[2 * r + 1]);
   auto prefetch_next = [&](int64_t j) {
     if (next_dy) {
       prefetch_line(next_dy, j);

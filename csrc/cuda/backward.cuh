@@ -23,8 +23,9 @@ template <typename T, typename W, typename G = T>
 struct BackwardParams {
   const G* dy;
   const T* x;  // the forward's input, or its output (FROM_OUTPUT kernels)
-  const float* mean;  // null for FROM_OUTPUT kernels
-  const float* rstd;
+  // Each row's (mean, rstd) pair, 8-byte aligned (load_row_stats); the
+  // means are not read by FROM_OUTPUT kernels.
+  const float* stats;
   const W* w;  // may be null; 16-byte aligned
   const W* b;  // may be null; read by FROM_OUTPUT kernels only
   T* dx;       // may be null (grad_input not requested)
@@ -33,6 +34,14 @@ struct BackwardParams {
   int64_t rows;
   int cols;
 };
+
+// A row's (mean, rstd) from its pair (stored by forward.cuh's
+// store_row_stats). Two 4-byte loads: one 8-byte load takes an aligned
+// register pair, and with it 128-register kernels spilled (ptxas: 8-16
+// bytes at bf16 N = 1537-2048 and 128-256 K, which ran 8-10 points slower).
+__device__ __forceinline__ float2 load_row_stats(const float* stats, int64_t row) {
+  return make_float2(stats[2 * row], stats[2 * row + 1]);
+}
 
 // 16-byte shared-memory slots a staged chunk of x and of dy take together
 // (dy may be float32 for a 16-bit x: two slots).
@@ -337,8 +346,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     const int64_t offset = (ok ? r : 0) * static_cast<int64_t>(n);
     load_row<SHIFTED>(xs, p.x + offset, x_end, ok, thread_in_row, kRowThreads, n, shift);
     load_row<SHIFTED>(gs, p.dy + offset, dy_end, ok, thread_in_row, kRowThreads, n, shift);
-    mean_next = (ok && !FROM_OUTPUT) ? p.mean[r] : 0.f;
-    rstd_next = ok ? p.rstd[r] : 0.f;
+    const float2 s = ok ? load_row_stats(p.stats, r) : make_float2(0.f, 0.f);
+    mean_next = FROM_OUTPUT ? 0.f : s.x;
+    rstd_next = s.y;
   };
   if constexpr (kPrefetch) prefetch_rows(xv, gv, row);
   for (int64_t base = loop_group; base < p.rows; base += stride, row += stride) {
@@ -362,8 +372,9 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       mean = mean_next;
       rstd = rstd_next;
     } else {
-      mean = (row_ok && !FROM_OUTPUT) ? p.mean[row] : 0.f;
-      rstd = row_ok ? p.rstd[row] : 0.f;
+      const float2 s = row_ok ? load_row_stats(p.stats, row) : make_float2(0.f, 0.f);
+      mean = FROM_OUTPUT ? 0.f : s.x;
+      rstd = s.y;
     }
 
     // x_hat, dy and w*dy of chunk i as floats, from the row's packs.

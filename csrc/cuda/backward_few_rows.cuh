@@ -110,8 +110,9 @@ __global__ void __launch_bounds__(kFewRowsThreads, 1)
       const int64_t offset = (ok ? r : 0) * static_cast<int64_t>(n);
       load_row<false>(xv[b], p.x + offset, x_end, ok, thread_in_row, kFewRowsRowThreads, n, 0);
       load_row<false>(gv[b], p.dy + offset, dy_end, ok, thread_in_row, kFewRowsRowThreads, n, 0);
-      mean[b] = (ok && !FROM_OUTPUT) ? p.mean[r] : 0.f;
-      rstd[b] = ok ? p.rstd[r] : 0.f;
+      const float2 s = ok ? load_row_stats(p.stats, r) : make_float2(0.f, 0.f);
+      mean[b] = FROM_OUTPUT ? 0.f : s.x;
+      rstd[b] = s.y;
     }
   };
   // x_hat, dy and w*dy of chunk i of a row, as the regular kernel computes

@@ -17,8 +17,8 @@ using acc_type_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <typename T, typename W, typename A>
 __global__ void __launch_bounds__(kFallbackThreads)
     ln_fwd_fallback_kernel(const T* __restrict__ x, const W* w, const W* b,
-                           T* __restrict__ y, A* mean_out, A* rstd_out,
-                           int64_t rows, int64_t n, A eps) {
+                           T* __restrict__ y, A* stats_out, int64_t rows, int64_t n,
+                           A eps) {
   using Reducer = RowReducer<kFallbackThreads, 1, 1, A>;
   __shared__ typename Reducer::Storage storage;
   Reducer reducer(storage);
@@ -46,19 +46,19 @@ __global__ void __launch_bounds__(kFallbackThreads)
       if (b) v += static_cast<A>(b[j]);
       yr[j] = static_cast<T>(v);
     }
-    if (threadIdx.x == 0 && mean_out != nullptr) {  // null: not stored (inference)
-      mean_out[row] = mean;
-      rstd_out[row] = rstd;
+    if (threadIdx.x == 0 && stats_out != nullptr) {  // null: not stored (inference)
+      stats_out[2 * row] = mean;  // (mean, rstd) pairs, as forward.cuh's store_row_stats
+      stats_out[2 * row + 1] = rstd;
     }
   }
 }
 
 template <typename T, typename W, typename A>
-__device__ __forceinline__ A fallback_x_hat(const T* xr, const A* mean,
-                                            const A* rstd, const W* w,
-                                            const W* b, int64_t row, int64_t j) {
+__device__ __forceinline__ A fallback_x_hat(const T* xr, const A* stats, bool from_output,
+                                            const W* w, const W* b, int64_t row,
+                                            int64_t j) {
   const A x = static_cast<A>(xr[j]);
-  if (mean) return (x - mean[row]) * rstd[row];  // from the input
+  if (!from_output) return (x - stats[2 * row]) * stats[2 * row + 1];
   A v = b ? x - static_cast<A>(b[j]) : x;        // from the output
   return w ? v / static_cast<A>(w[j]) : v;
 }
@@ -69,11 +69,12 @@ __device__ __forceinline__ A fallback_x_hat(const T* xr, const A* mean,
 __device__ __forceinline__ float mul_rounded(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rounded(double a, double b) { return __dmul_rn(a, b); }
 
-// dx only; mean is null when x holds the forward's output.
+// dx only. stats: each row's (mean, rstd) pair; from_output: x holds the
+// forward's output (the means are not read).
 template <typename T, typename W, typename A>
 __global__ void __launch_bounds__(kFallbackThreads)
     ln_bwd_dx_fallback_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                              const A* mean, const A* rstd, const W* w,
+                              const A* stats, bool from_output, const W* w,
                               const W* b, T* __restrict__ dx, int64_t rows,
                               int64_t n) {
   using Reducer = RowReducer<kFallbackThreads, 1, 1, A>;
@@ -85,15 +86,15 @@ __global__ void __launch_bounds__(kFallbackThreads)
     A s1 = 0, s2 = 0;
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) {
       const A g = w ? mul_rounded(static_cast<A>(gr[j]), static_cast<A>(w[j])) : static_cast<A>(gr[j]);
-      s1 += g * fallback_x_hat(xr, mean, rstd, w, b, row, j);
+      s1 += g * fallback_x_hat(xr, stats, from_output, w, b, row, j);
       s2 += g;
     }
     const A c1 = reducer.sum(s1) / static_cast<A>(n);
     const A c2 = reducer.sum(s2) / static_cast<A>(n);
-    const A rs = rstd[row];
+    const A rs = stats[2 * row + 1];
     for (int64_t j = threadIdx.x; j < n; j += kFallbackThreads) {
       const A g = w ? mul_rounded(static_cast<A>(gr[j]), static_cast<A>(w[j])) : static_cast<A>(gr[j]);
-      const A xh = fallback_x_hat(xr, mean, rstd, w, b, row, j);
+      const A xh = fallback_x_hat(xr, stats, from_output, w, b, row, j);
       dx[row * n + j] = static_cast<T>((g - (xh * c1 + c2)) * rs);
     }
   }
@@ -107,7 +108,7 @@ constexpr int kRowSlices = 8;
 template <typename T, typename W, typename A>
 __global__ void __launch_bounds__(kColumnTile * kRowSlices)
     ln_dwdb_fallback_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                            const A* mean, const A* rstd, const W* w,
+                            const A* stats, bool from_output, const W* w,
                             const W* b, W* dw, W* db, int64_t rows, int64_t n) {
   __shared__ A s_dw[kRowSlices][kColumnTile + 1];
   __shared__ A s_db[kRowSlices][kColumnTile + 1];
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(kColumnTile * kRowSlices)
   if (col < n) {
     for (int64_t row = threadIdx.y; row < rows; row += kRowSlices) {
       const A g = static_cast<A>(dy[row * n + col]);
-      a += g * fallback_x_hat(x + row * n, mean, rstd, w, b, row, col);
+      a += g * fallback_x_hat(x + row * n, stats, from_output, w, b, row, col);
       c += g;
     }
   }

@@ -16,10 +16,10 @@ struct ForwardParams {
   const W* w;  // may be null; 16-byte aligned
   const W* b;  // may be null; 16-byte aligned
   O* y;
-  // Both null: the statistics are not stored (a forward whose backward will
-  // not run; not for kernels of shifted rows); else one float per row each.
-  float* mean;
-  float* rstd;
+  // Each row's (mean, rstd) as an adjacent pair, 8-byte aligned
+  // (store_row_stats). Null: the statistics are not stored (a forward whose
+  // backward will not run; not for kernels of shifted rows).
+  float* stats;
   int64_t rows;
   int cols;
   float eps;
@@ -31,9 +31,19 @@ struct ForwardParams {
 // The forward's parameters (inv_cols from cols): the one place they are put
 // together, for the launchers and benchmarks/tune_kernels.py alike.
 template <typename T, typename W, typename O>
-ForwardParams<T, W, O> make_forward_params(const T* x, const W* w, const W* b, O* y, float* mean,
-                                           float* rstd, int64_t rows, int cols, float eps) {
-  return {x, w, b, y, mean, rstd, rows, cols, eps, 1.f / static_cast<float>(cols)};
+ForwardParams<T, W, O> make_forward_params(const T* x, const W* w, const W* b, O* y, float* stats,
+                                           int64_t rows, int cols, float eps) {
+  return {x, w, b, y, stats, rows, cols, eps, 1.f / static_cast<float>(cols)};
+}
+
+// A row's statistics as one 8-byte store of the pair (mean, rstd): the rows
+// of a warp fill whole 32-byte sectors in one L2 request, where two arrays
+// took two requests of half sectors, and at short rows the L2 requests are
+// near their peak rate (tune v37b, H200: +1-3 points at 16-bit N = 128-1024,
+// docs/kernels.md session 30).
+__device__ __forceinline__ void store_row_stats(float* stats, int64_t row, float mean,
+                                                float rstd) {
+  reinterpret_cast<float2*>(stats)[row] = make_float2(mean, rstd);
 }
 
 // VEC elements per 16-byte chunk, ITEMS chunks per thread, TPR threads per
@@ -500,9 +510,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
       // (Shifted rows' kernels always store them: with the check their
       // registers spilled up to 308 bytes, ptxas; their launcher passes real
       // ones, launch_forward_registers.)
-      if (thread_in_row == 0 && (SHIFTED || p.mean != nullptr)) {
-        p.mean[row] = mean;
-        p.rstd[row] = rstd;
+      if (thread_in_row == 0 && (SHIFTED || p.stats != nullptr)) {
+        store_row_stats(p.stats, row, mean, rstd);
       }
     }
     if constexpr (PREFETCH) {

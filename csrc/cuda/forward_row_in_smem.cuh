@@ -242,9 +242,8 @@ __global__ void __launch_bounds__(THREADS, MIN_CTAS)
         }
       }
     }
-    if (thread_in_row == 0 && p.mean != nullptr) {
-      p.mean[row] = mean;
-      p.rstd[row] = rstd;
+    if (thread_in_row == 0 && p.stats != nullptr) {
+      store_row_stats(p.stats, row, mean, rstd);
     }
     if constexpr (!PERSISTENT) break;  // one row per CTA group
     // The buffer just read receives the row kBuffers rows ahead (the thread

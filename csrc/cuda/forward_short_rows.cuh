@@ -131,9 +131,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
         store_floats(out, v);
         if (in_row(i)) store_pack(y_ptr + i * kChunkStride, out);
       }
-      if (lane == 0 && p.mean != nullptr) {
-        p.mean[row] = mean0 + corr;
-        p.rstd[row] = rstd;
+      if (lane == 0 && p.stats != nullptr) {
+        store_row_stats(p.stats, row, mean0 + corr, rstd);
       }
     }
     y_ptr += step;

@@ -703,14 +703,18 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // 81.9 (75.4). 128 and 256 KiB rows (N = 32768 / 65536): 128-byte threads
 // in CTAs of 128 (123 / 155 registers), on clusters of 8 / 16 (tune v34,
 // `tune-h200-v34-long-fp32`, against the H100 entries' 256 / 512 x 64 B x 8
-// in the same process): 85.5 (81.5), 81.3 (77.7). Rows of exactly N = 64:
-// the short-row kernel, 8 x 32 B threads in CTAs of 16 rows, 1024 threads
-// per SM, one row ahead (tune v36a, `tune-h200-v36a-*`, two passes: 84.3 /
-// 84.2% of copy against 76.7 / 76.2 on the H100 entry's staged persistent
-// kernel in the same process; v36d's two passes 84.0 / 84.2).
+// in the same process): 85.5 (81.5), 81.3 (77.7). Rows of exactly N = 64
+// and 128: one-pass CTAs of 8 rows of 4 / 8 x 64 B threads, 1024 threads per
+// SM, weight/bias from L1/L2 (tune v37c, `tune-h200-v37c-*`, with the
+// statistics stored as pairs, two passes: 88.8 / 89.3 and 89.2 / 89.6% of
+// copy against 86.0 / 85.9 on v36's short-row kernel and 85.7 / 86.0 on the
+// H100 entry's 32 x 16 B in the same process; v37a, one-warp CTAs with the
+// statistics in two arrays: N = 128 86.7 / 87.2 against 85.2 / 84.9).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
-    for_exact_rows_only(with_params_in_registers({256, 8, 32, 16, 1, 0, 1024})),
+    for_exact_rows_only(params_from_cache({256, 4, 64, 8, 1, 0, 1024, kGrid})),
     entry_of(kForwardConfigs32, 256),
+    for_exact_rows_only(params_from_cache({512, 8, 64, 8, 1, 0, 1024, kGrid})),
+    entry_of(kForwardConfigs32, 512),
     {1024, 16, 64, 16, 1, 0, 512, kGrid},
     for_exact_rows_only(entry_of(kForwardConfigs32, 4096)),
     without_exact_rows(params_from_cache({4096, 64, 64, 2, 1, 0, 1024, kGrid})),

@@ -290,16 +290,14 @@ template <typename T, typename W, typename O>
 ForwardParams<T, W, O> forward_params(const ForwardArgs& a) {
   return make_forward_params<T, W, O>(
       a.input.const_data_ptr<T>(), ptr_or_null<W>(a.weight), ptr_or_null<W>(a.bias),
-      a.output.mutable_data_ptr<O>(), mutable_ptr_or_null<float>(a.mean),
-      mutable_ptr_or_null<float>(a.rstd), a.rows, static_cast<int>(a.cols),
-      static_cast<float>(a.eps));
+      a.output.mutable_data_ptr<O>(), mutable_ptr_or_null<float>(a.stats), a.rows,
+      static_cast<int>(a.cols), static_cast<float>(a.eps));
 }
 template <typename T, typename W, typename G>
 BackwardParams<T, W, G> backward_params(const BackwardArgs& a) {
   return {a.grad_out.const_data_ptr<G>(),
           a.input.const_data_ptr<T>(),
-          a.from_output ? nullptr : a.mean.const_data_ptr<float>(),
-          a.rstd.const_data_ptr<float>(),
+          a.stats.const_data_ptr<float>(),
           ptr_or_null<W>(a.weight),
           ptr_or_null<W>(a.bias),
           mutable_ptr_or_null<T>(a.grad_input),
@@ -511,11 +509,10 @@ bool launch_forward_registers(const ForwardArgs& a) {
   // null check their registers spilled): a forward that keeps none
   // (run_forward's with_stats) gives them scratch ones.
   ForwardArgs scratch;
-  const bool needs_scratch = shifted && !a.mean.defined();
+  const bool needs_scratch = shifted && !a.stats.defined();
   if (needs_scratch) {
     scratch = a;
-    scratch.mean = at::empty({a.rows}, a.input.options().dtype(at::kFloat));
-    scratch.rstd = at::empty({a.rows}, a.input.options().dtype(at::kFloat));
+    scratch.stats = at::empty({a.rows, 2}, a.input.options().dtype(at::kFloat));
   }
   const auto p = forward_params<T, W, O>(needs_scratch ? scratch : a);
   const int64_t row_bytes = row_capacity_bytes<T>(a.cols);
@@ -553,8 +550,8 @@ void launch_forward(const ForwardArgs& a) {
       a.rows, 8 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   ln_fwd_fallback_kernel<T, W, A><<<static_cast<unsigned>(grid), kFallbackThreads, 0, stream>>>(
       a.input.const_data_ptr<T>(), ptr_or_null<W>(a.weight), ptr_or_null<W>(a.bias),
-      a.output.mutable_data_ptr<T>(), mutable_ptr_or_null<A>(a.mean),
-      mutable_ptr_or_null<A>(a.rstd), a.rows, a.cols, static_cast<A>(a.eps));
+      a.output.mutable_data_ptr<T>(), mutable_ptr_or_null<A>(a.stats), a.rows, a.cols,
+      static_cast<A>(a.eps));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -781,22 +778,21 @@ void launch_backward(const BackwardArgs& a) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   W* dw = mutable_ptr_or_null<W>(a.grad_weight);
   W* db = mutable_ptr_or_null<W>(a.grad_bias);
-  const A* mean = a.from_output ? nullptr : a.mean.const_data_ptr<A>();
+  const A* stats = a.stats.const_data_ptr<A>();
   const W* w = ptr_or_null<W>(a.weight);
   const W* b = ptr_or_null<W>(a.bias);
-  const A* rstd = a.rstd.const_data_ptr<A>();
   if (a.grad_input.defined()) {
     const int64_t grid = std::min<int64_t>(
         a.rows, 8 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
     ln_bwd_dx_fallback_kernel<T, W, A><<<static_cast<unsigned>(grid), kFallbackThreads, 0, stream>>>(
-        a.grad_out.const_data_ptr<T>(), a.input.const_data_ptr<T>(), mean, rstd,
+        a.grad_out.const_data_ptr<T>(), a.input.const_data_ptr<T>(), stats, a.from_output,
         w, b, a.grad_input.mutable_data_ptr<T>(), a.rows, a.cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (dw != nullptr || db != nullptr) {
     const dim3 block(kColumnTile, kRowSlices);
     ln_dwdb_fallback_kernel<T, W, A><<<static_cast<unsigned>(ceil_div(a.cols, kColumnTile)), block, 0, stream>>>(
-        a.grad_out.const_data_ptr<T>(), a.input.const_data_ptr<T>(), mean, rstd,
+        a.grad_out.const_data_ptr<T>(), a.input.const_data_ptr<T>(), stats, a.from_output,
         w, b, dw, db, a.rows, a.cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -72,10 +72,9 @@ void backward_upcast_kernel(const BackwardArgs& a) {
   if (a.grad_input.defined()) a.grad_input.copy_(wide.grad_input);
 }
 
-TensorTriple layer_norm_fwd_upcast_cuda(const Tensor& input,
-                                        c10::SymIntArrayRef normalized_shape,
-                                        const std::optional<Tensor>& weight,
-                                        const std::optional<Tensor>& bias, double eps) {
+TensorPair layer_norm_fwd_upcast_cuda(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                                      const std::optional<Tensor>& weight,
+                                      const std::optional<Tensor>& bias, double eps) {
   check_upcast_args(input, weight, bias);
   return run_forward(input, normalized_shape, weight, bias, eps, &forward_upcast_kernel,
                      at::kFloat);

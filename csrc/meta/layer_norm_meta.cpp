@@ -26,6 +26,15 @@ TensorTriple layer_norm_fwd_meta(const Tensor& input,
           empty_contiguous(shape, stats_options)};
 }
 
+TensorPair layer_norm_fwd_pairs_meta(const Tensor& input,
+                                     c10::SymIntArrayRef normalized_shape,
+                                     const std::optional<Tensor>& weight,
+                                     const std::optional<Tensor>& bias, double eps) {
+  check_forward_args_symbolic(input, normalized_shape, weight, bias, eps);
+  return {empty_contiguous(input.sym_sizes(), input.options()),
+          empty_stats_pairs(input, normalized_shape.size())};
+}
+
 TensorTriple backward_outputs_meta(const Tensor& input,
                                    const std::optional<Tensor>& weight,
                                    const std::optional<Tensor>& bias,
@@ -66,6 +75,7 @@ TensorTriple layer_norm_bwd_from_output_meta(
 
 TORCH_LIBRARY_IMPL(fastlayernorm, Meta, m) {
   m.impl("layer_norm_fwd", &layer_norm_fwd_meta);
+  m.impl("_layer_norm_fwd_pairs", &layer_norm_fwd_pairs_meta);
   m.impl("layer_norm_bwd", &layer_norm_bwd_meta);
   m.impl("layer_norm_bwd_from_output", &layer_norm_bwd_from_output_meta);
 }
