@@ -23,8 +23,8 @@ template <typename T, typename W, typename G = T>
 struct BackwardParams {
   const G* dy;
   const T* x;  // the forward's input, or its output (FROM_OUTPUT kernels)
-  // Each row's (mean, rstd) pair, 8-byte aligned (load_row_stats); the
-  // means are not read by FROM_OUTPUT kernels.
+  // Each row's (mean, rstd) pair (load_row_stats); the means are not read by
+  // FROM_OUTPUT kernels.
   const float* stats;
   const W* w;  // may be null; 16-byte aligned
   const W* b;  // may be null; read by FROM_OUTPUT kernels only
