@@ -37,15 +37,16 @@ def demangle_args(name: str) -> str:
                 f"cluster={cluster} min_ctas={min_ctas}{' ' + ','.join(on) if on else ''}>")
     if len(ints) >= 6:
         # <..., VEC, ITEMS, TPR, ROWS, CLUSTER, [PART_GROUPS: backward], MIN_CTAS,
-        # STAGES, bools>: forward shifted, persistent, (params in shared
-        # memory: not shown), prefetch, exact; backward acc_smem, from_output,
-        # shifted, prefetch, smem_weight.
+        # STAGES, bools, L2_AHEAD>: forward shifted, persistent, (params in
+        # shared memory: not shown), prefetch, exact; backward acc_smem,
+        # from_output, shifted, prefetch, smem_weight.
         bwd = "bwd" in label
         vec, items, tpr, rows, cluster = ints[:5]
         part_groups = ints[5] if bwd else "1"
         rest = ints[6:] if bwd else ints[5:]
         min_ctas = rest[0] if rest else "?"
         stages = rest[1] if len(rest) > 1 else "0"
+        l2_ahead = rest[2] if len(rest) > 2 else "0"  # (the last template argument)
         flags = re.findall(r"Lb([01])E", name)
         names = (["acc_smem", "from_output", "shifted", "prefetch", "smem_weight"] if bwd
                  else ["shifted", "persistent", "", "prefetch", "exact"])
@@ -56,6 +57,8 @@ def demangle_args(name: str) -> str:
             on.insert(0, f"stages={stages}")
         if part_groups != "1":
             on.insert(0, f"part_groups={part_groups}")
+        if l2_ahead != "0":
+            on.append(f"l2_ahead={l2_ahead}")
         return (f"{label}<{t}{'+' + w32 if w32 else ''} vec={vec} items={items} tpr={tpr} "
                 f"rows={rows} cluster={cluster} min_ctas={min_ctas}"
                 f"{' ' + ','.join(on) if on else ''}>")

@@ -5,8 +5,9 @@ fallback, float64) is touched, and results are checked against float64.
 `--register-accumulators` runs only the backward entries of session 25,
 `--fast-memory-forward` the forward entries of sessions 26-27 and
 `--shared-accumulators` the backward entries of session 28, `--short-rows` the
-forward's short-row kernel of session 29 and `--unrecorded` the forward that stores no
-statistics (session 29, below)."""
+forward's short-row kernel of session 29, `--unrecorded` the forward that stores no
+statistics (session 29, below) and `--l2-prefetch` the entries that prefetch rows into L2
+(session 31)."""
 import sys
 
 import torch
@@ -173,6 +174,7 @@ def main():
     ok &= check_shared_accumulator_entries()
     ok &= check_short_row_entries()
     ok &= check_unrecorded_forward()
+    ok &= check_l2_prefetching_entries()
     print("ALL OK" if ok else "SOME FAILED", flush=True)
 
 
@@ -310,11 +312,27 @@ def check_shared_accumulator_entries():
                          (60, 20000, torch.bfloat16, torch.bfloat16)))
 
 
+def check_l2_prefetching_entries():
+    """The entries whose rows of exactly their mapping's size also prefetch the row two
+    ahead into L2 on cards of faster memory (session 31: the 16-bit forward with weights of
+    the rows' dtype at N = 12288 / 16384 / 32768, the 16-bit backward at N = 4096 / 8192):
+    more rows than two rounds of the persistent grids, so the prefetched row is in the
+    tensor for some CTA groups and past its end for others."""
+    return check_shapes(((600, 4096, torch.bfloat16, torch.bfloat16),
+                         (601, 4096, torch.float16, torch.float32),
+                         (600, 8192, torch.float16, torch.float16),
+                         (599, 8192, torch.bfloat16, torch.float32),
+                         (300, 12288, torch.bfloat16, torch.bfloat16),
+                         (301, 16384, torch.float16, torch.float16),
+                         (150, 32768, torch.bfloat16, torch.bfloat16)))
+
+
 SUBSETS = {"--register-accumulators": check_register_accumulator_entries,
            "--fast-memory-forward": check_forward_fast_memory_entries,
            "--shared-accumulators": check_shared_accumulator_entries,
            "--short-rows": check_short_row_entries,
-           "--unrecorded": check_unrecorded_forward}
+           "--unrecorded": check_unrecorded_forward,
+           "--l2-prefetch": check_l2_prefetching_entries}
 
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] in SUBSETS:

@@ -135,6 +135,12 @@ def _parse_entries(direction: str, name: str):
         exact_only = line.startswith("for_exact_rows_only(")
         if exact_only:
             line = line[len("for_exact_rows_only("):-1]
+        # with_l2_prefetch(entry): also the row two ahead into L2 (forward
+        # flag bit 8, backward bit 7; the default distance only).
+        l2_bit = 0
+        if line.startswith("with_l2_prefetch("):
+            line = line[len("with_l2_prefetch("):-1]
+            l2_bit = 256 if direction == "fwd" else 128
         # without_exact_rows(entry): the generic kernel also for exact rows
         # (the forward's flag bit 5).
         generic_only = line.startswith("without_exact_rows(")
@@ -147,6 +153,7 @@ def _parse_entries(direction: str, name: str):
             mx, cfg, shifted_map = found[0][:3]
             if generic_only:
                 cfg = cfg[:6] + (cfg[6] | 32,)
+            cfg = cfg[:6] + (cfg[6] | l2_bit,)
             out.append((mx, cfg, shifted_map, exact_only))
             continue
         # with_shifted_mapping(entry, tpr, bytes, cluster, stages, min_threads)
@@ -192,7 +199,7 @@ def _parse_entries(direction: str, name: str):
                     | ((64 if persistent else 192) if params_regs else 0) if direction == "fwd"
                     else acc | (part_groups << 1 if part_groups > 1 else 0) | (32 if prefetch else 0)
                     | (64 if smem_weight else 0))
-            cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag)
+            cfg = (tpr, bpt, rows, cluster, stages, min_threads, flag | l2_bit)
             if staged_shifted:
                 shifted_map = (tpr, bpt, cluster, 1, min_threads)
             out.append((mx, cfg, shifted_map, exact_only))
@@ -367,6 +374,11 @@ def generate_sources(build_dir: Path, plan, chunk: int = 12):
                           else f"with_params_in_registers({config})")
             if not exact_rows:
                 config = f"without_exact_rows({config})"
+            # Forward bit 8 (256), backward bit 7 (128): with the next row
+            # prefetched into registers, also the row two ahead into L2
+            # (with_l2_prefetch).
+            if flag & (256 if c["dir"] == "fwd" else 128):
+                config = f"with_l2_prefetch({config})"
             lines.append(f"struct Cfg{idx} {{ static constexpr KernelConfig config = {config}; }};")
             if c["dir"] == "fwd":
                 lines.append(
@@ -466,7 +478,11 @@ def main():
                          "forward flag bits: 1 persistent, 2 row in shared memory, 4 weight/bias "
                          "from L1/L2, 8 next row prefetched, 32 the generic kernel also for rows "
                          "that fill the mapping exactly, 64 the short-row kernel (weight/bias in registers, "
-                         "persistent, `stages` 0-2: 1-2 rows ahead), 64 + 128 that kernel one-pass")
+                         "persistent, `stages` 0-2: 1-2 rows ahead), 64 + 128 that kernel one-pass, 256 with "
+                         "8 also the row two ahead prefetched into L2; backward flag bits: 1 "
+                         "accumulators in shared memory, 2-30 partial groups << 1, 32 next row "
+                         "prefetched, 64 with 32 the weight in shared memory, 128 with 32 the "
+                         "row two ahead into L2")
     ap.add_argument("--weight-fp32", action="store_true",
                     help="float32 weight/bias (and dweight/dbias) with 16-bit rows")
     ap.add_argument("--bwd-dx-only", action="store_true",

@@ -197,6 +197,21 @@ def test_autocast_backward_float32_grad(x_dtype, n):
     check_close("db", db, ref["db"], torch.float32)
 
 
+@pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                                          (torch.bfloat16, torch.float32)], ids=str)
+@pytest.mark.parametrize("n", [4088, 4096, 8184, 8192, 12288, 16376, 16384, 32760, 32768])
+def test_l2_prefetching_entries(dtype, wdtype, n):
+    """The entries whose rows of exactly their mapping's size also prefetch the row two
+    ahead into L2 on cards of faster memory (kernel_config.h with_l2_prefetch: the 16-bit
+    forward with weights of the rows' dtype at N = 12288 / 16384 / 32768, the 16-bit
+    backward at N = 4096 / 8192), and rows just below them (the same entries without
+    it), at row counts where the row two ahead is past the end for some CTA groups and
+    not for others (one to four rounds of the persistent grids), against the float64
+    reference: forward, and the backward from the input and from the output."""
+    for rows in [1, 3, 67, 131, 133, 199, 263, 265, 397, 529]:
+        _check_rows(rows, n, dtype, wdtype, torch_check=rows >= 128)
+
+
 @pytest.mark.parametrize("rows_of", ["short", "long"])
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
                                           (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],

@@ -169,7 +169,7 @@ __device__ __forceinline__ void write_partial_groups(float4* acc, int cta_thread
 // and to read back in the finalize kernel.
 template <typename T, typename W, typename G, int VEC, int ITEMS, int TPR, int ROWS,
           int CLUSTER, int PART_GROUPS, int MIN_CTAS, int STAGES, bool ACC_SMEM, bool FROM_OUTPUT,
-          bool SHIFTED, bool PREFETCH = false, bool PARAMS_SMEM = false>
+          bool SHIFTED, bool PREFETCH = false, bool PARAMS_SMEM = false, int L2_AHEAD = 0>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_bwd_kernel(const BackwardParams<T, W, G> p) {
   static_assert(!ACC_SMEM || VEC % 4 == 0, "accumulators in shared memory are float4s");
@@ -194,6 +194,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   // 64-byte thread fit 128 registers (held in registers they spilled, v19).
   // Written and read by the same thread only: no barrier.
   static_assert(!PARAMS_SMEM || kPrefetch, "weight in shared memory is a prefetching kernel's option");
+  static_assert(L2_AHEAD == 0 || kPrefetch,
+                "rows are prefetched into L2 by kernels loading the next row into registers");
   static_assert(PART_GROUPS == 1 || (ACC_SMEM && ROWS == 1 && !SHIFTED),
                 "partial groups add the accumulators in shared memory of one-row CTAs, "
                 "whose threads hold the same columns in every CTA (no shifted rows)");
@@ -354,6 +356,23 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   for (int64_t base = loop_group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
+    // L2_AHEAD: x and dy of the row L2_AHEAD rows ahead into L2, a CTA's
+    // part of each by the row's first two threads (forward.cuh has the why
+    // of the place).
+    if constexpr (L2_AHEAD > 0) {
+      if (lane < 2) {
+        const int64_t r = row + L2_AHEAD * stride;
+        const bool ok = r < p.rows;
+        const int64_t off = (ok ? r : 0) * static_cast<int64_t>(n);
+        if (lane == 0) {
+          prefetch_row_part_to_l2(p.x + off, ok, static_cast<int64_t>(n) * sizeof(T),
+                                  cluster_rank<CLUSTER>(), CLUSTER);
+        } else {
+          prefetch_row_part_to_l2(p.dy + off, ok, static_cast<int64_t>(n) * sizeof(G),
+                                  cluster_rank<CLUSTER>(), CLUSTER);
+        }
+      }
+    }
     if constexpr (kPrefetch) {
       // xv, gv, mean_next and rstd_next hold this row (loaded the iteration
       // before).

@@ -281,6 +281,24 @@ __device__ __forceinline__ void cluster_wait() {
 #endif
 }
 
+// Rows ahead into L2 (sm_90's bulk prefetch, a hint: no register, nothing to
+// wait for): the part `rank` of `parts` of a row of whole 16-byte chunks
+// (`row_bytes` a multiple of 16, the row 16-byte aligned), one instruction
+// for the thread that calls it. A row not there (row_ok false) is skipped.
+__device__ __forceinline__ void prefetch_row_part_to_l2(const void* row, bool row_ok,
+                                                        int64_t row_bytes, int rank, int parts) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const int64_t part = (row_bytes / parts + 15) / 16 * 16;
+  const int64_t begin = part * rank;
+  const int64_t end = begin + part < row_bytes ? begin + part : row_bytes;
+  if (row_ok && begin < end) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(
+                     static_cast<const char*>(row) + begin),
+                 "r"(static_cast<uint32_t>(end - begin)));
+  }
+#endif
+}
+
 // Distributed shared memory through mbarriers (sm_90): a value stored into
 // a peer CTA's shared memory with st.async completes its bytes on that CTA's
 // mbarrier, whose phase completes once the bytes it expects have landed. No

@@ -131,7 +131,7 @@ constexpr size_t forward_smem_bytes() {
 // not memory (docs/kernels.md, session 19).
 template <typename T, typename W, typename O, int VEC, int ITEMS, int TPR, int ROWS,
           int CLUSTER, int MIN_CTAS, int STAGES, bool SHIFTED, bool PERSISTENT, bool PARAMS_SMEM,
-          bool PREFETCH = false, bool EXACT = false>
+          bool PREFETCH = false, bool EXACT = false, int L2_AHEAD = 0>
 __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
     ln_fwd_kernel(const ForwardParams<T, W, O> p) {
   static_assert(PERSISTENT || STAGES == 0, "rows are staged ahead only by a CTA that loops");
@@ -139,6 +139,8 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
                 "the next row is loaded into registers by a looping CTA that stages none");
   static_assert(!EXACT || forward_has_exact_kernel(SHIFTED, CLUSTER, PREFETCH),
                 "exact rows are whole chunks held by one CTA");
+  static_assert(L2_AHEAD == 0 || (PREFETCH && !SHIFTED),
+                "rows are prefetched into L2 by kernels of whole-chunk rows loading the next row");
   constexpr bool kMerge = PREFETCH && CLUSTER > 1;
   constexpr int kThreads = TPR * ROWS;
   constexpr int kRowThreads = TPR * CLUSTER;
@@ -271,6 +273,20 @@ __global__ void __launch_bounds__(TPR * ROWS, MIN_CTAS)
   for (int64_t base = group; base < p.rows; base += stride, row += stride) {
     const bool row_ok = row < p.rows;
     const int64_t offset = row * static_cast<int64_t>(n);
+    // L2_AHEAD: the row L2_AHEAD rows ahead into L2, a CTA's part by its
+    // first thread of the row (at the loop's top, where fewer registers are
+    // live than after the next row's loads: there the backward's kernels
+    // spilled 16-40 bytes more). Split over the row's warps it measured
+    // 1-5 points slower (tune v38b).
+    if constexpr (L2_AHEAD > 0) {
+      if (threadIdx.x % TPR == 0) {
+        const int64_t r = row + L2_AHEAD * stride;
+        const bool ok = r < p.rows;
+        prefetch_row_part_to_l2(p.x + (ok ? r : 0) * static_cast<int64_t>(n), ok,
+                                static_cast<int64_t>(n) * sizeof(T), cluster_rank<CLUSTER>(),
+                                CLUSTER);
+      }
+    }
     Pack<T, VEC> packs[ITEMS];
     if constexpr (PREFETCH) {
 #pragma unroll

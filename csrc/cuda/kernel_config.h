@@ -94,6 +94,16 @@ struct KernelConfig {
   // rows (N not a multiple of the vector) take the entry's mapping on
   // forward.cuh's persistent kernel instead (shifted_forward_config).
   bool params_in_registers = false;
+  // With prefetch_row, for rows that fill the mapping exactly (tpr * cluster
+  // * bytes_per_thread bytes; the others of the range run the kernel
+  // without): each CTA also asks the L2 for its part of the row this many
+  // rows ahead of the one it works on (x, and the backward's dy; one bulk
+  // prefetch per row, CTA and tensor, prefetch_row_part_to_l2), so more of
+  // the rows' bytes are in flight than the registers hold. 0: none. Measured
+  // per entry (tune v38, H200): +1-3.7 points at rows that fill some 16-bit
+  // mappings, -1 to -6 at the rows of those ranges that do not, and 2-12
+  // points lost at most other entries (docs/kernels.md session 31).
+  int l2_rows_ahead = 0;
 };
 
 // A backward entry whose CTA groups add their partials in clusters of
@@ -107,6 +117,13 @@ constexpr KernelConfig with_part_groups(KernelConfig c, int part_groups) {
 // KernelConfig::prefetch_row).
 constexpr KernelConfig with_prefetch(KernelConfig c) {
   c.prefetch_row = true;
+  return c;
+}
+
+// A prefetching entry whose CTAs also prefetch into L2 the row `rows_ahead`
+// rows ahead, for rows that fill its mapping (see KernelConfig::l2_rows_ahead).
+constexpr KernelConfig with_l2_prefetch(KernelConfig c, int rows_ahead = 2) {
+  c.l2_rows_ahead = rows_ahead;
   return c;
 }
 
@@ -188,6 +205,11 @@ constexpr KernelConfig row_in_smem_entry(int64_t max_row_bytes, int threads,
 }
 
 constexpr int cta_threads(const KernelConfig& c) { return c.tpr * c.rows; }
+// Whether rows of `cols` elements of `elem_bytes` fill the entry's mapping
+// exactly (every chunk of every thread in the row).
+constexpr bool fills_mapping(const KernelConfig& c, int64_t cols, int64_t elem_bytes) {
+  return cols * elem_bytes == int64_t{c.tpr} * c.cluster * c.bytes_per_thread;
+}
 // The entry launches thread-block clusters (Hopper): CTAs split a row, or
 // (backward) CTA groups add their partials in a cluster.
 constexpr bool needs_clusters(const KernelConfig& c) { return c.cluster > 1 || c.part_groups > 1; }
@@ -682,12 +704,24 @@ inline constexpr auto kForwardConfigs16FastMemory =
 // `tune-h200-v36c-*`, two passes: bf16 88.5 / 88.4% of copy against 86.7 /
 // 86.3 on the kernel for any N in the same process, fp16 86.9 / 87.6
 // against 86.9 / 86.3; v36d's two passes 88.0 / 87.9 for bf16).
+// Rows that fill the 24, 32 and 64 KiB entries' mappings (N = 12288, 16384,
+// 32768) also prefetch the row two ahead into L2 (with_l2_prefetch; tune
+// v38c, `tune-h200-v38c-*`, two passes, the same kernel without in
+// brackets): bf16 N = 12288 81.9 / 82.0 (81.1 / 80.4), 16384 84.6 / 84.0
+// (81.6 / 82.1), 32768 83.5 / 82.3 (81.1 / 80.8); fp16 81.1 / 81.1 (80.3 /
+// 80.2), 83.4 / 82.5 (82.7 / 82.6), 84.8 / 84.4 (81.3 / 81.1). The other
+// rows of those ranges lost 0.5-3.5 points with it (N = 9216, 10240, 13312,
+// 20480, 24576; 14336 gained 0.6-1.5) and run without; with float32
+// weights it lost 0.5-2 at the full rows too.
 inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
     for_exact_rows_only(with_params_in_registers({1536, 32, 48, 4, 1, 0, 1024, kGrid}, false)),
     without_exact_rows(entry_of(kForwardConfigs16, 1536)),
     for_exact_rows_only(entry_of(kForwardConfigs16, 4096)),
     without_exact_rows({4096, 64, 64, 2, 1, 0, 1024}),
     without_exact_rows(entry_of(kForwardConfigs16FastMemory, 16384)),
+    with_l2_prefetch(entry_of(kForwardConfigs16FastMemory, 24576)),
+    with_l2_prefetch(entry_of(kForwardConfigs16, 32768)),
+    with_l2_prefetch(entry_of(kForwardConfigs16, 65536)),
 };
 inline constexpr auto kForwardConfigs16SameWeightFastMemory =
     merged_table<kForwardConfigs16FastMemory, kForwardChanges16SameWeightFastMemory>();
@@ -747,14 +781,21 @@ inline constexpr auto kForwardConfigs32FastMemory =
 // 82.1 (75.6; `tune-h200-v32-bwd-regacc3-*`), 2048 84.6 (82.5), 4096 83.9
 // (76.4), 5120 80.8 (79.4), 8192 82.0 (78.5), 16384 79.0 (69.2), 32768 76.9
 // (68.2), 65536 73.6 (65.4), 131072 66.5 (59.6); with weights of the rows'
-// dtype the tables below change some of them.
+// dtype the tables below change some of them. Rows that fill the 8 and 16
+// KiB entries' mappings (N = 4096, 8192) also prefetch x and dy of the row
+// two ahead into L2 (with_l2_prefetch; tune v38c, two passes, without in
+// brackets): N = 4096 85.1 / 84.8 (83.7 / 83.7), 8192 85.9 / 85.8 (82.3 /
+// 82.1); bf16 / fp16 with weights of their dtype at 4096 84.4-84.7 / 85.1-85.2
+// (83.4 / 82.4-82.6). The other rows of those ranges lost 1-6 points with it
+// (N = 2560, 3072, 6400; with float32 weights 7168 gained 2) and run
+// without.
 inline constexpr KernelConfig kBackwardChanges16FastMemory[] = {
     with_smem_weight(with_prefetch({2048, 32, 64, 8, 1, 0, 512, true, kAccSmem})),
     with_smem_weight(with_prefetch({3072, 96, 32, 1, 1, 0, 480})),
     with_prefetch({4096, 128, 32, 2, 1, 0, 512}),
-    with_prefetch({8192, 256, 32, 2, 1, 0, 512}),
+    with_l2_prefetch(with_prefetch({8192, 256, 32, 2, 1, 0, 512})),
     with_smem_weight(with_prefetch({10240, 160, 32, 1, 2, 0, 480})),
-    with_smem_weight(with_prefetch({16384, 256, 32, 1, 2, 0, 512})),
+    with_l2_prefetch(with_smem_weight(with_prefetch({16384, 256, 32, 1, 2, 0, 512}))),
     with_smem_weight(with_prefetch({32768, 512, 32, 1, 2, 0, 512})),
     with_smem_weight(with_prefetch({65536, 256, 32, 1, 8, 0, 512})),
     with_smem_weight(with_prefetch({131072, 512, 32, 1, 8, 0, 512})),
@@ -786,11 +827,14 @@ inline constexpr auto kBackwardConfigs16FastMemory =
 // session 28): N=8200 65.4-65.6 / 61.9-62.0 (61.2-61.3 / 59.2-59.4), 10000
 // 74.2-74.3 / 70.1-70.6 (69.6-69.8 / 68.0-68.1), 12288 83.4 / 81.7-81.8
 // (79.1-79.4 / 77.3-77.4); with the weight in shared memory 77.8-78.5.
+// N = 8192 also prefetching the row two ahead into L2 where rows fill the
+// mapping (tune v38c, two passes): bf16 83.0 / 82.6 (81.8 / 81.6), fp16
+// 81.3 / 80.7 (80.7 / 80.6); N = 6400 / 7168 lost 1-8 with it.
 inline constexpr KernelConfig kBackwardChanges16SameWeightFastMemory[] = {
     with_prefetch({3072, 96, 32, 1, 1, 0, 480}),
     with_smem_weight(with_prefetch({3584, 64, 64, 2, 1, 0, 512, true, kAccSmem})),
     with_prefetch({10240, 160, 32, 1, 2, 0, 480}),
-    with_prefetch({16384, 256, 32, 1, 2, 0, 512}),
+    with_l2_prefetch(with_prefetch({16384, 256, 32, 1, 2, 0, 512})),
     with_prefetch({24576, 192, 64, 1, 2, 0, 384, true, kAccSmem}),
     with_prefetch({32768, 512, 32, 1, 2, 0, 512}),
     with_prefetch({65536, 256, 32, 1, 8, 0, 512}),

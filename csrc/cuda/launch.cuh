@@ -393,6 +393,23 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
       }
     }
   }
+  // Rows that fill the mapping exactly also prefetch rows into L2 where the
+  // entry says so (KernelConfig::l2_rows_ahead; not shifted rows, which
+  // start off 16-byte boundaries).
+  static_assert(c.l2_rows_ahead == 0 || c.prefetch_row, "l2_rows_ahead is prefetch_row's option");
+  if constexpr (c.l2_rows_ahead > 0 && !kShifted) {
+    if (fills_mapping(c, p.cols, sizeof(T))) {
+      auto ahead = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                                 c.stages, kShifted, c.persistent, c.params_in_smem,
+                                 c.prefetch_row, false, c.l2_rows_ahead>;
+      static ResidencyCache ahead_cache{};
+      const int64_t ahead_resident =
+          resident_groups(ahead, cta_threads(c), c.cluster, kSmem, ahead_cache);
+      if (ahead_resident > 0 && 8 * ahead_resident >= 7 * resident) {
+        return launch(ahead, ahead_resident);
+      }
+    }
+  }
   return launch(generic, resident);
 }
 
@@ -594,6 +611,37 @@ void launch_dwdb_finalize(const float* part_dw, const float* part_db, int64_t pa
   }
 }
 
+// The backward kernel's grid of `resident` CTA groups at most (in whole
+// hardware clusters), then the dweight/dbias finalize over its partial rows
+// (launch_backward_entry).
+// `c`: the entry (shifted_backward_config's for shifted rows), `vec` the
+// elements per 16-byte chunk.
+template <typename Kernel, typename T, typename W, typename G>
+bool launch_backward_kernel(Kernel kernel, const KernelConfig& c, int part_groups, bool shifted,
+                            int vec, int64_t resident, size_t smem, BackwardParams<T, W, G> p,
+                            const at::TensorOptions& float_options, W* dw, W* db,
+                            cudaStream_t stream) {
+  const int hw_cluster = c.cluster * part_groups;  // CTAs of a hardware cluster
+  int64_t groups =
+      part_groups * std::min(ceil_div(ceil_div(p.rows, c.rows), part_groups), resident);
+  // A CTA keeps fixed columns (weight, accumulators) across its rows.
+  if (shifted) {
+    groups = shift_uniform_groups(groups, std::max(vec, part_groups), /*persistent=*/true);
+  }
+  // One fp32 partial row of dweight and of dbias per hardware cluster.
+  const int64_t hw_clusters = groups / part_groups;
+  at::Tensor partials;
+  const bool want_params = dw != nullptr || db != nullptr;
+  if (want_params) {
+    partials = at::empty({2, hw_clusters, p.cols}, float_options);
+    p.part_dw = partials.mutable_data_ptr<float>();
+    p.part_db = p.part_dw + hw_clusters * p.cols;
+  }
+  launch_kernel(kernel, hw_clusters, cta_threads(c), hw_cluster, smem, p, stream);
+  if (want_params) launch_dwdb_finalize(p.part_dw, p.part_db, hw_clusters, p.cols, dw, db, stream);
+  return true;
+}
+
 // Launches the backward kernel of `Entry`, then the dweight/dbias finalize
 // kernel over its partial rows.
 template <typename T, typename W, bool kFromOutput, bool kShifted, typename Entry, typename G>
@@ -620,34 +668,38 @@ bool launch_backward_entry(Entry, BackwardParams<T, W, G> p, const at::TensorOpt
       c.weight_in_smem && backward_prefetches(c.prefetch_row, c.stages, kShifted) &&
       backward_smem_bytes<T, G, W, kItems, cta_threads(c), c.stages, c.acc_in_smem, true,
                           kFromOutput>() <= kMaxSharedMemoryPerCta;
-  auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster, kPartGroups,
-                              min_ctas_per_sm(c, kBackwardMinThreadsPerSm), c.stages,
-                              c.acc_in_smem, kFromOutput, kShifted, c.prefetch_row,
-                              kParamsSmem>;
+  constexpr int kMinCtas = min_ctas_per_sm(c, kBackwardMinThreadsPerSm);
   constexpr size_t kSmem = backward_smem_bytes<T, G, W, kItems, cta_threads(c), c.stages,
                                                c.acc_in_smem, kParamsSmem, kFromOutput>();
+  // Rows that fill the mapping exactly also prefetch rows into L2 where the
+  // entry says so (KernelConfig::l2_rows_ahead), on a kernel that loads its
+  // next row ahead (not staged or shifted rows).
+  static_assert(c.l2_rows_ahead == 0 || c.prefetch_row, "l2_rows_ahead is prefetch_row's option");
+  constexpr int kL2Ahead =
+      backward_prefetches(c.prefetch_row, c.stages, kShifted) ? c.l2_rows_ahead : 0;
+  if constexpr (kL2Ahead > 0) {
+    if (fills_mapping(c, p.cols, sizeof(T))) {
+      static ResidencyCache ahead_cache{};
+      auto ahead = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster, kPartGroups,
+                                 kMinCtas, c.stages, c.acc_in_smem, kFromOutput, kShifted,
+                                 c.prefetch_row, kParamsSmem, kL2Ahead>;
+      const int64_t resident =
+          resident_groups(ahead, cta_threads(c), kHwCluster, kSmem, ahead_cache);
+      if (resident > 0) {
+        return launch_backward_kernel(ahead, c, kPartGroups, kShifted, kVec, resident, kSmem, p,
+                                      float_options, dw, db, stream);
+      }
+    }
+  }
+  auto kernel = ln_bwd_kernel<T, W, G, kVec, kItems, c.tpr, c.rows, c.cluster, kPartGroups,
+                              kMinCtas, c.stages, c.acc_in_smem, kFromOutput, kShifted,
+                              c.prefetch_row, kParamsSmem>;
   static ResidencyCache cache{};
   // CTA groups: as many as are resident, in whole hardware clusters.
   const int64_t resident = resident_groups(kernel, cta_threads(c), kHwCluster, kSmem, cache);
   if (resident == 0) return false;
-  int64_t groups =
-      kPartGroups * std::min(ceil_div(ceil_div(p.rows, c.rows), kPartGroups), resident);
-  // A CTA keeps fixed columns (weight, accumulators) across its rows.
-  if (kShifted) {
-    groups = shift_uniform_groups(groups, std::max(kVec, kPartGroups), /*persistent=*/true);
-  }
-  // One fp32 partial row of dweight and of dbias per hardware cluster.
-  const int64_t hw_clusters = groups / kPartGroups;
-  at::Tensor partials;
-  const bool want_params = dw != nullptr || db != nullptr;
-  if (want_params) {
-    partials = at::empty({2, hw_clusters, p.cols}, float_options);
-    p.part_dw = partials.mutable_data_ptr<float>();
-    p.part_db = p.part_dw + hw_clusters * p.cols;
-  }
-  launch_kernel(kernel, hw_clusters, cta_threads(c), kHwCluster, kSmem, p, stream);
-  if (want_params) launch_dwdb_finalize(p.part_dw, p.part_db, hw_clusters, p.cols, dw, db, stream);
-  return true;
+  return launch_backward_kernel(kernel, c, kPartGroups, kShifted, kVec, resident, kSmem, p,
+                                float_options, dw, db, stream);
 }
 
 // The fast-memory 16-bit backward table of a dtype pair (kernel_config.h):
