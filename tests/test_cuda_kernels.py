@@ -203,9 +203,9 @@ def test_autocast_backward_float32_grad(x_dtype, n):
 def test_l2_prefetching_entries(dtype, wdtype, n):
     """The entries whose rows of exactly their mapping's size also prefetch the row two
     ahead into L2 on cards of faster memory (kernel_config.h with_l2_prefetch: the 16-bit
-    forward with weights of the rows' dtype at N = 12288 / 16384 / 32768, the 16-bit
-    backward at N = 4096 / 8192), and rows just below them (the same entries without
-    it), at row counts where the row two ahead is past the end for some CTA groups and
+    forward with weights of the rows' dtype at N = 12288 / 16384 / 32768, the 16384 one
+    on one 512-thread CTA per row, the 16-bit backward at N = 4096 / 8192), and rows just
+    below them (the same entries without it), at row counts where the row two ahead is past the end for some CTA groups and
     not for others (one to four rounds of the persistent grids), against the float64
     reference: forward, and the backward from the input and from the output."""
     for rows in [1, 3, 67, 131, 133, 199, 263, 265, 397, 529]:

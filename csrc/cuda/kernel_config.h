@@ -712,7 +712,13 @@ inline constexpr auto kForwardConfigs16FastMemory =
 // 80.2), 83.4 / 82.5 (82.7 / 82.6), 84.8 / 84.4 (81.3 / 81.1). The other
 // rows of those ranges lost 0.5-3.5 points with it (N = 9216, 10240, 13312,
 // 20480, 24576; 14336 gained 0.6-1.5) and run without; with float32
-// weights it lost 0.5-2 at the full rows too.
+// weights it lost 0.5-2 at the full rows too. The 32 KiB rows (N =
+// 12289-16384) on one 512 x 64 B CTA per row instead of clusters of four
+// 128-thread CTAs (tune v38e / v38g, two passes each, the clusters in
+// brackets): with the row two ahead in L2 at N = 16384 bf16 86.4-87.1
+// (83.7-84.1), fp16 82.9-84.4 (82.3-83.3); without it at N = 12800 / 13312 /
+// 14336 / 15360 bf16 77.1-77.2 / 76.8-77.5 / 78.8-79.1 / 80.8-80.9 (75.9-76.3
+// / 75.9-76.0 / 78.9-79.3 / 80.4-81.1), fp16 alike.
 inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
     for_exact_rows_only(with_params_in_registers({1536, 32, 48, 4, 1, 0, 1024, kGrid}, false)),
     without_exact_rows(entry_of(kForwardConfigs16, 1536)),
@@ -720,7 +726,7 @@ inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
     without_exact_rows({4096, 64, 64, 2, 1, 0, 1024}),
     without_exact_rows(entry_of(kForwardConfigs16FastMemory, 16384)),
     with_l2_prefetch(entry_of(kForwardConfigs16FastMemory, 24576)),
-    with_l2_prefetch(entry_of(kForwardConfigs16, 32768)),
+    with_l2_prefetch(with_prefetch({32768, 512, 64, 1, 1, 0, 512})),
     with_l2_prefetch(entry_of(kForwardConfigs16, 65536)),
 };
 inline constexpr auto kForwardConfigs16SameWeightFastMemory =
