@@ -314,17 +314,23 @@ def check_shared_accumulator_entries():
 
 def check_l2_prefetching_entries():
     """The entries whose rows of exactly their mapping's size also prefetch the row two
-    ahead into L2 on cards of faster memory (session 31: the 16-bit forward with weights of
-    the rows' dtype at N = 12288 / 16384 / 32768, the 16-bit backward at N = 4096 / 8192):
+    ahead into L2 on cards of faster memory (sessions 31-32: the 16-bit forward with weights
+    of the rows' dtype at N = 12288 / 16384 / 32768 / 65536, the 12288 one for those rows
+    alone, the float32 forward at N = 16384 for those rows alone, the 16-bit backward at
+    N = 4096 / 8192, fp16 also 5120):
     more rows than two rounds of the persistent grids, so the prefetched row is in the
     tensor for some CTA groups and past its end for others."""
     return check_shapes(((600, 4096, torch.bfloat16, torch.bfloat16),
                          (601, 4096, torch.float16, torch.float32),
                          (600, 8192, torch.float16, torch.float16),
                          (599, 8192, torch.bfloat16, torch.float32),
+                         (600, 5120, torch.float16, torch.float16),
                          (300, 12288, torch.bfloat16, torch.bfloat16),
+                         (301, 12288, torch.float16, torch.float16),
                          (301, 16384, torch.float16, torch.float16),
-                         (150, 32768, torch.bfloat16, torch.bfloat16)))
+                         (200, 16384, torch.float32, torch.float32),
+                         (150, 32768, torch.bfloat16, torch.bfloat16),
+                         (80, 65536, torch.float16, torch.float16)))
 
 
 SUBSETS = {"--register-accumulators": check_register_accumulator_entries,

@@ -198,14 +198,19 @@ def test_autocast_backward_float32_grad(x_dtype, n):
 
 
 @pytest.mark.parametrize("dtype,wdtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
-                                          (torch.bfloat16, torch.float32)], ids=str)
-@pytest.mark.parametrize("n", [4088, 4096, 8184, 8192, 12288, 16376, 16384, 32760, 32768])
+                                          (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("n", [4088, 4096, 5112, 5120, 8184, 8192, 12280, 12288, 16376, 16384,
+                               32760, 32768, 65528, 65536])
 def test_l2_prefetching_entries(dtype, wdtype, n):
     """The entries whose rows of exactly their mapping's size also prefetch the row two
     ahead into L2 on cards of faster memory (kernel_config.h with_l2_prefetch: the 16-bit
-    forward with weights of the rows' dtype at N = 12288 / 16384 / 32768, the 16384 one
-    on one 512-thread CTA per row, the 16-bit backward at N = 4096 / 8192), and rows just
-    below them (the same entries without it), at row counts where the row two ahead is past the end for some CTA groups and
+    forward with weights of the rows' dtype at N = 12288 / 16384 / 32768 / 65536, the
+    16384 one on one 512-thread CTA per row, the 12288 one on clusters of two 192-thread
+    CTAs for those rows alone (for_exact_rows_only); the float32 forward at N = 16384 on
+    clusters of eight for those rows alone; the 16-bit backward at N = 4096 / 8192, fp16
+    also 5120), and rows just below them (the entries of their ranges without
+    it), at row counts where the row two ahead is past the end for some CTA groups and
     not for others (one to four rounds of the persistent grids), against the float64
     reference: forward, and the backward from the input and from the output."""
     for rows in [1, 3, 67, 131, 133, 199, 263, 265, 397, 529]:

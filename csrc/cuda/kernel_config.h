@@ -82,10 +82,12 @@ struct KernelConfig {
   // or where an exact_rows_only entry before it takes those rows.
   bool exact_rows = true;
   // Forward only: the entry takes only rows of exactly its mapping's size
-  // (max_row_bytes = tpr * bytes_per_thread), on its exact kernel; the other
-  // rows of its range go on to the next entry, of the same max_row_bytes.
-  // For ranges whose exact rows and the rows below them run fastest on
-  // different mappings (for_exact_rows_only).
+  // (max_row_bytes = tpr * cluster * bytes_per_thread), on its exact kernel,
+  // or for an entry loading its next row ahead (which has none) on its
+  // kernel prefetching rows into L2 where it has one (l2_rows_ahead), else
+  // its generic kernel; the other rows of its range go on to the next entry,
+  // of the same max_row_bytes. For ranges whose exact rows and the rows
+  // below them run fastest on different mappings (for_exact_rows_only).
   bool exact_rows_only = false;
   // Forward only, cluster 1, a row within a warp (tpr <= 32): the short-row
   // kernel (forward_short_rows.cuh), whose threads widen their weight/bias
@@ -598,16 +600,19 @@ constexpr std::array<KernelConfig, S> merge_entries(const Base& base, const Chan
 }
 
 // A table whose exact_rows_only entries are each followed by an entry of the
-// same max_row_bytes for the range's other rows, and fill their mapping.
+// same max_row_bytes for the range's other rows, and fill their mapping: on
+// an exact kernel, or loading their next row ahead (a kernel of whole-chunk
+// rows, which the launcher runs for those rows alone).
 template <typename Table>
 constexpr bool exact_rows_entries_valid(const Table& table) {
   for (size_t i = 0; i < std::size(table); ++i) {
     const KernelConfig& c = table[i];
     if (!c.exact_rows_only) continue;
+    const bool exact_kernel =
+        c.exact_rows && forward_has_exact_kernel(false, c.cluster, c.prefetch_row);
     if (i + 1 == std::size(table) || table[i + 1].max_row_bytes != c.max_row_bytes ||
-        table[i + 1].exact_rows_only || !c.exact_rows ||
-        int64_t{c.tpr} * c.bytes_per_thread != c.max_row_bytes ||
-        !forward_has_exact_kernel(false, c.cluster, c.prefetch_row) || c.row_in_smem) {
+        table[i + 1].exact_rows_only || (!exact_kernel && !c.prefetch_row) ||
+        int64_t{c.tpr} * c.cluster * c.bytes_per_thread != c.max_row_bytes || c.row_in_smem) {
       return false;
     }
   }
@@ -718,16 +723,30 @@ inline constexpr auto kForwardConfigs16FastMemory =
 // brackets): with the row two ahead in L2 at N = 16384 bf16 86.4-87.1
 // (83.7-84.1), fp16 82.9-84.4 (82.3-83.3); without it at N = 12800 / 13312 /
 // 14336 / 15360 bf16 77.1-77.2 / 76.8-77.5 / 78.8-79.1 / 80.8-80.9 (75.9-76.3
-// / 75.9-76.0 / 78.9-79.3 / 80.4-81.1), fp16 alike.
+// / 75.9-76.0 / 78.9-79.3 / 80.4-81.1), fp16 alike. Rows of exactly N =
+// 12288 on clusters of two 192 x 64 B CTAs with the L2 prefetch
+// (for_exact_rows_only of an entry loading its next row ahead: the range's
+// other rows stay on the 24 KiB entry without it, where that mapping ran
+// 77 against 80-81, v38f); tune v39, `tune-h200-v39f-*`, two passes, the
+// entry's clusters of four 96-thread CTAs with it in brackets: bf16 85.0 /
+// 85.1 (82.2 / 82.2), fp16 84.6 / 85.0 (80.8 / 81.4); one 384 x 64 B CTA
+// per row 83.1 / 82.9 and 86.0 / 85.7. The 128 KiB rows (N = 65536) with it
+// too: bf16 78.0 / 77.9 (77.4 / 76.7), fp16 78.6 / 78.6 (78.1 / 77.8).
+// Measured and not taken (v39f): persistent mappings loading their next
+// row and prefetching into L2 at N = 4096 / 5120 / 8192 (bf16 75-84.2
+// against the one-pass entries' 87.0-89.0), 6144 (86.5-87.0 / 87.2-87.3),
+// and others for N = 32768 / 65536 (67.6-82.7 / 54.2-72.3).
 inline constexpr KernelConfig kForwardChanges16SameWeightFastMemory[] = {
     for_exact_rows_only(with_params_in_registers({1536, 32, 48, 4, 1, 0, 1024, kGrid}, false)),
     without_exact_rows(entry_of(kForwardConfigs16, 1536)),
     for_exact_rows_only(entry_of(kForwardConfigs16, 4096)),
     without_exact_rows({4096, 64, 64, 2, 1, 0, 1024}),
     without_exact_rows(entry_of(kForwardConfigs16FastMemory, 16384)),
-    with_l2_prefetch(entry_of(kForwardConfigs16FastMemory, 24576)),
+    for_exact_rows_only(with_l2_prefetch(with_prefetch({24576, 192, 64, 1, 2, 0, 512}))),
+    entry_of(kForwardConfigs16FastMemory, 24576),
     with_l2_prefetch(with_prefetch({32768, 512, 64, 1, 1, 0, 512})),
     with_l2_prefetch(entry_of(kForwardConfigs16, 65536)),
+    with_l2_prefetch(entry_of(kForwardConfigs16, 131072)),
 };
 inline constexpr auto kForwardConfigs16SameWeightFastMemory =
     merged_table<kForwardConfigs16FastMemory, kForwardChanges16SameWeightFastMemory>();
@@ -750,6 +769,13 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // copy against 86.0 / 85.9 on v36's short-row kernel and 85.7 / 86.0 on the
 // H100 entry's 32 x 16 B in the same process; v37a, one-warp CTAs with the
 // statistics in two arrays: N = 128 86.7 / 87.2 against 85.2 / 84.9).
+// Rows of exactly N = 16384 (64 KiB) on clusters of eight 128 x 64 B CTAs
+// loading their next row and prefetching the row two ahead into L2 (tune
+// v39, `tune-h200-v39c-*`, two passes: 85.3 / 85.6 against the entry's
+// clusters of four 256-thread CTAs, 84.2 / 84.3 without it and 83.9 with
+// it); the range's other rows stay on the entry. At N = 8192 / 32768 no
+// mapping with it reached the entries (83.3-84.0 / 84.1-84.2 against 85.9
+// / 84.5-84.7).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     for_exact_rows_only(params_from_cache({256, 4, 64, 8, 1, 0, 1024, kGrid})),
     entry_of(kForwardConfigs32, 256),
@@ -763,6 +789,8 @@ inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     with_prefetch({20480, 160, 32, 1, 4, 0, 1024}),
     with_prefetch({24576, 192, 64, 1, 2, 0, 512}),
     params_from_cache({32768, 512, 64, 1, 1, 0, 1024, kGrid}),
+    for_exact_rows_only(with_l2_prefetch(with_prefetch({65536, 128, 64, 1, 8, 0, 512}))),
+    entry_of(kForwardConfigs32, 65536),
     with_prefetch({131072, 128, 128, 1, 8, 0, 256}),
     with_prefetch({262144, 128, 128, 1, 16, 0, 256}),
 };
@@ -835,11 +863,14 @@ inline constexpr auto kBackwardConfigs16FastMemory =
 // (79.1-79.4 / 77.3-77.4); with the weight in shared memory 77.8-78.5.
 // N = 8192 also prefetching the row two ahead into L2 where rows fill the
 // mapping (tune v38c, two passes): bf16 83.0 / 82.6 (81.8 / 81.6), fp16
-// 81.3 / 80.7 (80.7 / 80.6); N = 6400 / 7168 lost 1-8 with it.
+// 81.3 / 80.7 (80.7 / 80.6); N = 6400 / 7168 lost 1-8 with it. So does N =
+// 5120 (the 10 KiB entry's full rows; tune v39, `tune-h200-v39b-*`, two
+// passes): fp16 80.8 / 80.5 (79.5 / 79.5); bf16 78.6 / 78.4 against its
+// table's entry (weight in shared memory) 79.8 / 79.7, which it keeps.
 inline constexpr KernelConfig kBackwardChanges16SameWeightFastMemory[] = {
     with_prefetch({3072, 96, 32, 1, 1, 0, 480}),
     with_smem_weight(with_prefetch({3584, 64, 64, 2, 1, 0, 512, true, kAccSmem})),
-    with_prefetch({10240, 160, 32, 1, 2, 0, 480}),
+    with_l2_prefetch(with_prefetch({10240, 160, 32, 1, 2, 0, 480})),
     with_l2_prefetch(with_prefetch({16384, 256, 32, 1, 2, 0, 512})),
     with_prefetch({24576, 192, 64, 1, 2, 0, 384, true, kAccSmem}),
     with_prefetch({32768, 512, 32, 1, 2, 0, 512}),

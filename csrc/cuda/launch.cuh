@@ -368,49 +368,63 @@ bool launch_forward_row_in_registers(Entry, const ForwardParams<T, W, O>& p,
     launch_kernel(kernel, groups, cta_threads(c), c.cluster, kSmem, p, stream);
     return true;
   };
-  auto generic = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
-                               c.stages, kShifted, c.persistent, c.params_in_smem, c.prefetch_row>;
-  static ResidencyCache cache{};
-  const int64_t resident = resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache);
-  // Not for the autocast path (O = float): fewer instantiations to compile.
-  if constexpr (c.exact_rows && forward_has_exact_kernel(kShifted, c.cluster, c.prefetch_row) &&
-                std::is_same_v<O, T>) {
-    if (p.cols == forward_exact_cols(kVec, kItems, c.tpr)) {
-      auto exact = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
-                                 c.stages, kShifted, c.persistent, c.params_in_smem,
-                                 c.prefetch_row, true>;
-      static ResidencyCache exact_cache{};
-      // Only where at least 7/8 as many of its CTAs are resident as of the
-      // generic kernel's: the constant N can cost registers. Its fewer
-      // instructions paid for one CTA of nine (16-bit N=1536: 64 registers
-      // against 56, 88.0% of copy against 82.1 on an H200), not for half of
-      // them (float32 N=6144: 90 against 72, one 384-thread CTA per SM
-      // instead of two, 54% against 79).
-      const int64_t exact_resident =
-          resident_groups(exact, cta_threads(c), c.cluster, kSmem, exact_cache);
-      if (exact_resident > 0 && 8 * exact_resident >= 7 * resident) {
-        return launch(exact, exact_resident);
-      }
-    }
-  }
-  // Rows that fill the mapping exactly also prefetch rows into L2 where the
-  // entry says so (KernelConfig::l2_rows_ahead; not shifted rows, which
-  // start off 16-byte boundaries).
+  // An exact_rows_only entry that loads its next row ahead and prefetches
+  // rows into L2 runs the rows it takes (its full rows) on that kernel
+  // alone: no generic twin is compiled for it.
+  constexpr bool kFullRowsAhead = c.exact_rows_only && c.l2_rows_ahead > 0 && !kShifted;
   static_assert(c.l2_rows_ahead == 0 || c.prefetch_row, "l2_rows_ahead is prefetch_row's option");
-  if constexpr (c.l2_rows_ahead > 0 && !kShifted) {
-    if (fills_mapping(c, p.cols, sizeof(T))) {
-      auto ahead = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+  if constexpr (kFullRowsAhead) {
+    if (!fills_mapping(c, p.cols, sizeof(T))) return false;  // not the rows the table gives it
+    auto ahead = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                               c.stages, kShifted, c.persistent, c.params_in_smem, c.prefetch_row,
+                               false, c.l2_rows_ahead>;
+    static ResidencyCache ahead_cache{};
+    return launch(ahead, resident_groups(ahead, cta_threads(c), c.cluster, kSmem, ahead_cache));
+  } else {
+    auto generic = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
                                  c.stages, kShifted, c.persistent, c.params_in_smem,
-                                 c.prefetch_row, false, c.l2_rows_ahead>;
-      static ResidencyCache ahead_cache{};
-      const int64_t ahead_resident =
-          resident_groups(ahead, cta_threads(c), c.cluster, kSmem, ahead_cache);
-      if (ahead_resident > 0 && 8 * ahead_resident >= 7 * resident) {
-        return launch(ahead, ahead_resident);
+                                 c.prefetch_row>;
+    static ResidencyCache cache{};
+    const int64_t resident = resident_groups(generic, cta_threads(c), c.cluster, kSmem, cache);
+    // Not for the autocast path (O = float): fewer instantiations to compile.
+    if constexpr (c.exact_rows && forward_has_exact_kernel(kShifted, c.cluster, c.prefetch_row) &&
+                  std::is_same_v<O, T>) {
+      if (p.cols == forward_exact_cols(kVec, kItems, c.tpr)) {
+        auto exact = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                                   c.stages, kShifted, c.persistent, c.params_in_smem,
+                                   c.prefetch_row, true>;
+        static ResidencyCache exact_cache{};
+        // Only where at least 7/8 as many of its CTAs are resident as of the
+        // generic kernel's: the constant N can cost registers. Its fewer
+        // instructions paid for one CTA of nine (16-bit N=1536: 64 registers
+        // against 56, 88.0% of copy against 82.1 on an H200), not for half of
+        // them (float32 N=6144: 90 against 72, one 384-thread CTA per SM
+        // instead of two, 54% against 79).
+        const int64_t exact_resident =
+            resident_groups(exact, cta_threads(c), c.cluster, kSmem, exact_cache);
+        if (exact_resident > 0 && 8 * exact_resident >= 7 * resident) {
+          return launch(exact, exact_resident);
+        }
       }
     }
+    // Rows that fill the mapping exactly also prefetch rows into L2 where the
+    // entry says so (KernelConfig::l2_rows_ahead; not shifted rows, which
+    // start off 16-byte boundaries).
+    if constexpr (c.l2_rows_ahead > 0 && !kShifted) {
+      if (fills_mapping(c, p.cols, sizeof(T))) {
+        auto ahead = ln_fwd_kernel<T, W, O, kVec, kItems, c.tpr, c.rows, c.cluster, kMinCtas,
+                                   c.stages, kShifted, c.persistent, c.params_in_smem,
+                                   c.prefetch_row, false, c.l2_rows_ahead>;
+        static ResidencyCache ahead_cache{};
+        const int64_t ahead_resident =
+            resident_groups(ahead, cta_threads(c), c.cluster, kSmem, ahead_cache);
+        if (ahead_resident > 0 && 8 * ahead_resident >= 7 * resident) {
+          return launch(ahead, ahead_resident);
+        }
+      }
+    }
+    return launch(generic, resident);
   }
-  return launch(generic, resident);
 }
 
 // Launches the short-row kernel of `Entry` (params_in_registers): rows that
