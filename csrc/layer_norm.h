@@ -72,7 +72,7 @@ c10::SymDimVector stats_shape(const Tensor& input, int64_t normalized_ndim);
 // two values are adjacent (the CUDA kernels store a row's pair with one
 // 8-byte store: docs/kernels.md session 30). mean and rstd are its two
 // columns (views of stride 2). fastlayernorm::_layer_norm_fwd_pairs returns
-// the pairs (the autograd Functions save its columns); layer_norm_fwd returns
+// the pairs (layer_norm's autograd node saves them); layer_norm_fwd returns
 // mean and rstd as tensors of their own, as aten::native_layer_norm does.
 Tensor empty_stats_pairs(const Tensor& input, int64_t normalized_ndim);
 std::pair<Tensor, Tensor> mean_and_rstd_of(const Tensor& stats_pairs);
@@ -121,7 +121,8 @@ using BackwardKernel = void (*)(const BackwardArgs&);
 // backward follows. run_forward returns (output, stats pairs), the pairs of
 // empty_stats_pairs. float_grad_ok: as in check_backward_args. The backward
 // reads mean and rstd in place when they are the two columns of such pairs
-// (what the autograd Functions save), else from pairs copied from them.
+// (the columns of the pairs layer_norm's autograd node saves), else from
+// pairs copied from them.
 TensorPair run_forward(const Tensor& input, c10::SymIntArrayRef normalized_shape,
                        const std::optional<Tensor>& weight,
                        const std::optional<Tensor>& bias, double eps, ForwardKernel kernel,

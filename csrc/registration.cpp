@@ -26,8 +26,8 @@ TORCH_LIBRARY(fastlayernorm, m) {
       "Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, bool[3] "
       "output_mask) -> (Tensor, Tensor, Tensor)");
   // layer_norm_fwd with the statistics as one tensor of (mean, rstd) pairs,
-  // the stats shape with a trailing 2 (internal: what the autograd Functions
-  // save, stored by one 8-byte store per row on CUDA).
+  // the stats shape with a trailing 2 (internal: what layer_norm's autograd
+  // node saves, stored by one 8-byte store per row on CUDA).
   m.def(
       "_layer_norm_fwd_pairs(Tensor input, SymInt[] normalized_shape, Tensor? weight, "
       "Tensor? bias, float eps) -> (Tensor, Tensor)");

@@ -3,6 +3,7 @@
 // so torch.compile traces it like any other op.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "../ops.h"
@@ -27,65 +28,99 @@ std::array<bool, 3> grad_mask(AutogradContext* ctx, const Tensor& weight,
           bias.defined() && ctx->needs_input_grad(bias_edge)};
 }
 
-// fastlayernorm::layer_norm: saves (input, mean, rstd), or (output, rstd)
-// when memory_efficient is set. kUpcast: fastlayernorm::_layer_norm_upcast,
-// the autocast path (float32 output from half/bfloat16 input; never
-// memory_efficient), through the _upcast forward and backward operators.
+// The backward node of fastlayernorm::layer_norm (kUpcast:
+// fastlayernorm::_layer_norm_upcast, the autocast path: float32 output from
+// half/bfloat16 input, never memory_efficient, through the _upcast forward
+// and backward operators). A Node of its own, as torch's generated autograd
+// code has for aten::native_layer_norm, not a torch::autograd::Function: the
+// Function's generic bookkeeping per call (the inputs' metadata, the outputs'
+// wrapping, an IValue map for the non-tensor arguments) and the forward's
+// split of the statistics into two views cost the recorded call ~5 us more
+// on the host than this (CPU, N = 64; docs/kernels.md, session 32). Saves
+// (input, stats pairs), or (output, stats pairs) when memory_efficient, and
+// weight and bias; edges to input, weight and bias (invalid where absent).
 template <bool kUpcast>
-class LayerNormFunction : public torch::autograd::Function<LayerNormFunction<kUpcast>> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& input,
-                        c10::SymIntArrayRef normalized_shape,
-                        const std::optional<Tensor>& weight,
-                        const std::optional<Tensor>& bias, double eps,
-                        bool memory_efficient) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    // mean and rstd saved as the columns of one tensor of (mean, rstd)
-    // pairs (layer_norm.h's empty_stats_pairs): the backward reads them in
-    // place.
-    const auto [output, stats] =
-        kUpcast ? ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps)
-                : ops::layer_norm_fwd_pairs(input, normalized_shape, weight, bias, eps);
-    const auto [mean, rstd] = mean_and_rstd_of(stats);
-    ctx->saved_data["normalized_shape"] = normalized_shape.vec();
-    ctx->saved_data["memory_efficient"] = memory_efficient;
-    const Tensor w = weight.value_or(Tensor());
-    const Tensor b = bias.value_or(Tensor());
-    if (memory_efficient) {
-      ctx->save_for_backward({output, rstd, w, b});
-    } else {
-      ctx->save_for_backward({input, mean, rstd, w, b});
-    }
-    return output;
+struct LayerNormBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable input_or_output;
+  torch::autograd::SavedVariable stats;  // (mean, rstd) pairs
+  torch::autograd::SavedVariable weight;
+  torch::autograd::SavedVariable bias;
+  std::vector<c10::SymInt> normalized_shape;
+  bool memory_efficient = false;
+
+  std::string name() const override {
+    return kUpcast ? "LayerNormUpcastBackward" : "LayerNormBackward";
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto shape = ctx->saved_data["normalized_shape"].toSymIntVector();
-    const bool memory_efficient = ctx->saved_data["memory_efficient"].toBool();
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_or_output.reset_data();
+    stats.reset_data();
+    weight.reset_data();
+    bias.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list result(3);
     const Tensor& grad = grads[0];
-    variable_list result(6);
-    if (!grad.defined()) return result;
+    const std::array<bool, 3> mask = {task_should_compute_output(0),
+                                      task_should_compute_output(1),
+                                      task_should_compute_output(2)};
+    if (!grad.defined() || !(mask[0] || mask[1] || mask[2])) return result;
+    // unpack() raises the usual errors: released by a backward without
+    // retain_graph, or a saved tensor modified in place since.
+    const auto self = shared_from_this();
+    const Tensor x_or_y = input_or_output.unpack(self);
+    const auto [mean, rstd] = mean_and_rstd_of(stats.unpack(self));
+    const Tensor w = weight.unpack(self);
+    const Tensor b = bias.unpack(self);
     Tensor dx, dw, db;
     if (memory_efficient) {
-      const Tensor &output = saved[0], &rstd = saved[1], &w = saved[2],
-                   &b = saved[3];
       std::tie(dx, dw, db) = ops::layer_norm_bwd_from_output(
-          grad, output, shape, rstd, defined_or_none(w), defined_or_none(b),
-          grad_mask(ctx, w, b));
+          grad, x_or_y, normalized_shape, rstd, defined_or_none(w), defined_or_none(b), mask);
     } else {
-      const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2],
-                   &w = saved[3], &b = saved[4];
       const auto bwd = kUpcast ? &ops::layer_norm_bwd_upcast : &ops::layer_norm_bwd;
-      std::tie(dx, dw, db) = bwd(grad, input, shape, mean, rstd, defined_or_none(w),
-                                 defined_or_none(b), grad_mask(ctx, w, b));
+      std::tie(dx, dw, db) = bwd(grad, x_or_y, normalized_shape, mean, rstd,
+                                 defined_or_none(w), defined_or_none(b), mask);
     }
-    result[0] = dx;
-    result[2] = dw;
-    result[3] = db;
+    result[0] = std::move(dx);
+    result[1] = std::move(dw);
+    result[2] = std::move(db);
     return result;
   }
 };
+
+// The recorded forward: the node, then the forward below autograd, then the
+// output's history and the saved tensors (the output, when saved, after its
+// history: saved as an output, so the node does not own its own output).
+template <bool kUpcast>
+Tensor layer_norm_recorded(const Tensor& input, c10::SymIntArrayRef normalized_shape,
+                           const std::optional<Tensor>& weight,
+                           const std::optional<Tensor>& bias, double eps,
+                           bool memory_efficient) {
+  const Tensor w = weight.value_or(Tensor());
+  const Tensor b = bias.value_or(Tensor());
+  auto node = std::shared_ptr<LayerNormBackward<kUpcast>>(new LayerNormBackward<kUpcast>(),
+                                                           torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(input, w, b));
+  node->normalized_shape = normalized_shape.vec();
+  node->memory_efficient = memory_efficient;
+  if (!memory_efficient) node->input_or_output = torch::autograd::SavedVariable(input, false);
+  node->weight = torch::autograd::SavedVariable(w, false);
+  node->bias = torch::autograd::SavedVariable(b, false);
+  Tensor output, stats;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(output, stats) =
+        kUpcast ? ops::layer_norm_fwd_upcast(input, normalized_shape, weight, bias, eps)
+                : ops::layer_norm_fwd_pairs(input, normalized_shape, weight, bias, eps);
+  }
+  torch::autograd::set_history(output, node);
+  if (memory_efficient) node->input_or_output = torch::autograd::SavedVariable(output, true);
+  node->stats = torch::autograd::SavedVariable(stats, false);
+  return output;
+}
 
 // fastlayernorm::layer_norm_fwd is differentiable in all three outputs (so a
 // caller may use mean and rstd in a loss): the gradients reaching them add
@@ -138,8 +173,8 @@ class LayerNormFwdFunction
 };
 
 // Whether the call is recorded for autograd: grad mode on and an input that
-// requires grad, or a forward-mode gradient on one (which the Function
-// rejects with its error, as without this check).
+// requires grad. A forward-mode gradient on one is an error (not dropped by
+// the unrecorded path).
 bool records_autograd(const Tensor& input, const std::optional<Tensor>& weight,
                       const std::optional<Tensor>& bias) {
   bool requires_grad = false;
@@ -150,7 +185,10 @@ bool records_autograd(const Tensor& input, const std::optional<Tensor>& weight,
     requires_grad = requires_grad || t->requires_grad();
     forward_grad = forward_grad || t->_fw_grad(/*level=*/0).defined();
   }
-  return forward_grad || (at::GradMode::is_enabled() && requires_grad);
+  TORCH_CHECK(!forward_grad,
+              "fastlayernorm.layer_norm: forward-mode AD (jvp) is not implemented; an input "
+              "has a forward-mode tangent");
+  return at::GradMode::is_enabled() && requires_grad;
 }
 
 // Unrecorded calls (inference) go to the op below autograd, whose CUDA
@@ -166,8 +204,7 @@ Tensor layer_norm_autograd(const Tensor& input,
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::layer_norm(input, normalized_shape, weight, bias, eps, memory_efficient);
   }
-  return LayerNormFunction<false>::apply(input, normalized_shape, weight, bias, eps,
-                                         memory_efficient);
+  return layer_norm_recorded<false>(input, normalized_shape, weight, bias, eps, memory_efficient);
 }
 
 Tensor layer_norm_upcast_autograd(const Tensor& input, c10::SymIntArrayRef normalized_shape,
@@ -177,8 +214,8 @@ Tensor layer_norm_upcast_autograd(const Tensor& input, c10::SymIntArrayRef norma
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::layer_norm_upcast(input, normalized_shape, weight, bias, eps);
   }
-  return LayerNormFunction<true>::apply(input, normalized_shape, weight, bias, eps,
-                                        /*memory_efficient=*/false);
+  return layer_norm_recorded<true>(input, normalized_shape, weight, bias, eps,
+                                  /*memory_efficient=*/false);
 }
 
 TensorTriple layer_norm_fwd_autograd(const Tensor& input,
