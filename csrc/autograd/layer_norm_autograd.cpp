@@ -72,6 +72,11 @@ struct LayerNormBackward : public torch::autograd::Node {
     // retain_graph, or a saved tensor modified in place since.
     const auto self = shared_from_this();
     const Tensor x_or_y = input_or_output.unpack(self);
+    // Without create_graph (grad mode off here) nothing records the backward
+    // operators: their Autograd kernel, a boxed fallback that only prepares a
+    // double backward's error, is skipped.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
     const auto [mean, rstd] = mean_and_rstd_of(stats.unpack(self));
     const Tensor w = weight.unpack(self);
     const Tensor b = bias.unpack(self);
