@@ -774,7 +774,7 @@ inline constexpr auto kForwardConfigs16SameWeightFastMemory =
 // v39, `tune-h200-v39c-*`, two passes: 85.3 / 85.6 against the entry's
 // clusters of four 256-thread CTAs, 84.2 / 84.3 without it and 83.9 with
 // it); the range's other rows stay on the entry. At N = 8192 / 32768 no
-// mapping with it reached the entries (83.3-84.0 / 84.1-84.2 against 85.9
+// mapping with it reached the entries (77.4-84.0 / 80.8-84.2 against 85.9
 // / 84.5-84.7).
 inline constexpr KernelConfig kForwardChanges32FastMemory[] = {
     for_exact_rows_only(params_from_cache({256, 4, 64, 8, 1, 0, 1024, kGrid})),
